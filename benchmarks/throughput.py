@@ -1,0 +1,542 @@
+"""End-to-end throughput benchmark for ``raymerge run`` on one machine.
+
+What one run measures (all on the same synthetic model family, page cache warm):
+
+* **family**: a base model and two fine-tunes, Llama-shaped (hidden 1024, intermediate 2816,
+  16 layers, vocab 32000; ~267M parameters, ~518 MB of bf16 per model, 2 shards each), built
+  once with :mod:`raymerge.synth` and cached in ``--workdir``.
+* **I/O floor**: read every byte of the three inputs' ``*.safetensors`` files, then write and
+  fsync one output-sized file (raymerge fsyncs every output shard too). One untimed warm-up read
+  first, then the median of ``--repeats`` runs. No merge can be faster than this on this disk.
+* **raymerge, warm**: ``raymerge run CFG OUT --address ...`` as a subprocess against a Ray
+  cluster this script starts with ``ray start --head`` (and always stops with
+  ``ray stop --force``), for every method in ``--methods``: ``linear`` (0.5/0.5 on the two
+  fine-tunes) and ``task_arithmetic`` (base + both fine-tunes at weight 0.5). Timed is what a
+  user sees: interpreter start-up, planning, the Ray jobs, commit and side files.
+* **raymerge, cold**: the same linear run without ``--address``, so it includes starting (and
+  shutting down) a local Ray.
+* **mergekit**: ``mergekit-yaml`` 0.1.5 on the same linear YAML (``-j 2``), when ``--mergekit``
+  (or ``mergekit-yaml`` on PATH) is available; otherwise skipped.
+* **peak RSS**: a thread polls every 0.1 s the RSS of the subprocess, its descendants and every
+  Ray worker process (``ray::...`` / ``default_worker.py``); reported are the driver's peak, the
+  largest single worker's peak and the peak of their sum.
+
+GB/s columns are *input bytes read* (the safetensors bytes of the models a method reads: two for
+linear and mergekit, three for task_arithmetic and the floor) divided by the median wall time.
+"x floor" is wall time over the I/O floor's wall time.
+
+Targets: warm linear <= 2.5x the I/O floor, and >= 5x faster than mergekit.
+
+The last line printed is one JSON object holding every number.
+
+Usage::
+
+    python benchmarks/throughput.py [--workdir /tmp/raymerge-bench] [--repeats 3]
+        [--mergekit /path/to/mergekit-yaml] [--methods linear,task_arithmetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+try:
+    import psutil
+except ImportError:  # Ray vendors psutil and puts it on sys.path only on `import ray`
+    import importlib.util
+
+    _ray = importlib.util.find_spec("ray")
+    if _ray is None or not _ray.submodule_search_locations:
+        raise
+    sys.path.append(os.path.join(_ray.submodule_search_locations[0], "thirdparty_files"))
+    import psutil
+
+MODEL = {
+    "hidden": 1024,
+    "intermediate": 2816,
+    "layers": 16,
+    "vocab": 32000,
+    "heads": 16,
+    "kv_heads": 16,
+}
+METHODS = ("linear", "task_arithmetic")
+TARGET_FLOOR_RATIO = 2.5
+TARGET_MERGEKIT_SPEEDUP = 5.0
+BUF = 16 << 20
+BIN = Path(sys.executable).parent
+BUILD = """
+import json, sys, torch
+from raymerge.synth import llama_config, make_family
+cfg = llama_config(**json.loads(sys.argv[2]))
+make_family(sys.argv[1], 2, cfg=cfg, n_shards=2, dtype=torch.bfloat16)
+"""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def build_family(workdir: Path) -> dict[str, Path]:
+    """The base + 2 fine-tunes, built once and reused while the recorded config matches."""
+    root = workdir / "models"
+    marker = root / "family.json"
+    names = ("base", "ft1", "ft2")
+    if marker.exists() and json.loads(marker.read_text()) == MODEL:
+        print(f"family: cached in {root}")
+        return {n: root / n for n in names}
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"family: building 3 models in {root} (once) ...", flush=True)
+    t0 = time.perf_counter()
+    # In a child process: this one stays small (no torch), so it does not skew the RSS numbers.
+    subprocess.run([sys.executable, "-c", BUILD, str(root), json.dumps(MODEL)], check=True)
+    marker.write_text(json.dumps(MODEL))
+    os.sync()  # flush the new files now, not during the timed runs
+    print(f"family: built in {time.perf_counter() - t0:.1f} s")
+    return {n: root / n for n in names}
+
+
+def weight_files(model: Path) -> list[Path]:
+    return sorted(model.glob("*.safetensors"))
+
+
+def model_bytes(model: Path) -> int:
+    return sum(f.stat().st_size for f in weight_files(model))
+
+
+def write_configs(workdir: Path, models: dict[str, Path]) -> dict[str, Path]:
+    """mergekit-style YAMLs (raymerge loads them as-is; mergekit runs the linear one)."""
+    ft = [{"model": str(models[n]), "parameters": {"weight": 0.5}} for n in ("ft1", "ft2")]
+    configs = {
+        "linear": {"merge_method": "linear", "models": ft, "dtype": "bfloat16"},
+        "task_arithmetic": {
+            "merge_method": "task_arithmetic",
+            "base_model": str(models["base"]),
+            "models": ft,
+            "dtype": "bfloat16",
+        },
+    }
+    paths = {}
+    for name, body in configs.items():
+        paths[name] = workdir / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(body, sort_keys=False))
+    return paths
+
+
+# --------------------------------------------------------------------------- I/O floor
+
+
+def read_all(files: list[Path]) -> int:
+    buf = bytearray(BUF)
+    total = 0
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total
+
+
+def write_file(path: Path, nbytes: int) -> None:
+    block = os.urandom(BUF)
+    with open(path, "wb", buffering=0) as f:
+        left = nbytes
+        while left:
+            left -= f.write(memoryview(block)[: min(left, BUF)])
+        os.fsync(f.fileno())
+
+
+def io_floor(models: dict[str, Path], out_bytes: int, scratch: Path, repeats: int) -> dict:
+    files = [f for m in models.values() for f in weight_files(m)]
+    read_all(files)  # warm the page cache
+    target = scratch / "floor.bin"
+    walls, reads, writes = [], [], []
+    for _ in range(repeats):
+        os.sync()
+        t0 = time.perf_counter()
+        nread = read_all(files)
+        t1 = time.perf_counter()
+        write_file(target, out_bytes)
+        t2 = time.perf_counter()
+        target.unlink()
+        walls.append(t2 - t0)
+        reads.append(t1 - t0)
+        writes.append(t2 - t1)
+    return {
+        "wall_s": statistics.median(walls),
+        "walls_s": walls,
+        "read_s": statistics.median(reads),
+        "write_s": statistics.median(writes),
+        "bytes_read": nread,
+        "bytes_written": out_bytes,
+        "read_gbps": nread / statistics.median(reads) / 1e9,
+        "write_gbps": out_bytes / statistics.median(writes) / 1e9,
+    }
+
+
+# --------------------------------------------------------------------------- memory sampling
+
+
+def _is_ray_worker(cmdline: list[str]) -> bool:
+    text = " ".join(cmdline)
+    return text.startswith("ray::") or "default_worker.py" in text
+
+
+class PeakRSS:
+    """Polls RSS of a process, its descendants and all Ray workers until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.driver = 0
+        self.worker = 0
+        self.total = 0
+        self.workers_seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        procs = list(psutil.process_iter(["pid", "ppid", "cmdline", "memory_info"]))
+        children: dict[int, list[int]] = {}
+        for p in procs:
+            children.setdefault(p.info["ppid"], []).append(p.info["pid"])
+        tree, stack = set(), [self.pid]
+        while stack:
+            pid = stack.pop()
+            tree.add(pid)
+            stack.extend(children.get(pid, []))
+        total = 0
+        for p in procs:
+            mem = p.info["memory_info"]
+            if mem is None:
+                continue
+            pid = p.info["pid"]
+            if pid == self.pid:
+                self.driver = max(self.driver, mem.rss)
+            elif _is_ray_worker(p.info["cmdline"] or []):
+                self.worker = max(self.worker, mem.rss)
+                self.workers_seen.add(pid)
+            elif pid not in tree:
+                continue
+            total += mem.rss
+        self.total = max(self.total, total)
+
+
+# --------------------------------------------------------------------------- timed commands
+
+
+def _parse_summary(stdout: str) -> dict[str, Any] | None:
+    """The JSON object ``raymerge run --json`` prints (other output may surround it)."""
+    decoder = json.JSONDecoder()
+    found = None
+    pos = stdout.find("{")
+    while pos != -1:
+        try:
+            obj, end = decoder.raw_decode(stdout, pos)
+        except json.JSONDecodeError:
+            pos = stdout.find("{", pos + 1)
+            continue
+        if isinstance(obj, dict) and "wall_s" in obj:
+            found = obj
+        pos = stdout.find("{", end)
+    return found
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``cmd`` once; wall time, exit status, peak RSS, output."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with proc, PeakRSS(proc.pid) as rss:
+        try:
+            out, err = proc.communicate()
+        except BaseException:  # e.g. Ctrl-C: do not leave the run behind
+            proc.kill()
+            raise
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "rc": proc.returncode,
+        "driver_rss": rss.driver,
+        "worker_rss": rss.worker,
+        "total_rss": rss.total,
+        "workers": len(rss.workers_seen),
+        "stdout": out,
+        "stderr": err,
+    }
+
+
+def repeat(
+    label: str, cmd: list[str], out: Path, env: dict[str, str], repeats: int, input_bytes: int
+) -> dict[str, Any]:
+    """``repeats`` runs of ``cmd`` writing into a fresh ``out``; the median and peaks."""
+    runs = []
+    for k in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()  # no write-back of earlier runs' output during this one
+        r = timed(cmd, env)
+        status = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}"
+        print(f"  {label} run {k + 1}/{repeats}: {r['wall_s']:.2f} s {status}", flush=True)
+        if r["rc"] != 0:
+            tail = (r["stderr"] or r["stdout"]).strip().splitlines()[-15:]
+            print("    " + "\n    ".join(tail), file=sys.stderr)
+            return {"error": f"exit status {r['rc']}", "stderr_tail": tail}
+        runs.append(r)
+    wall = statistics.median(r["wall_s"] for r in runs)
+    result: dict[str, Any] = {
+        "wall_s": wall,
+        "walls_s": [r["wall_s"] for r in runs],
+        "input_bytes": input_bytes,
+        "read_gbps": input_bytes / wall / 1e9,
+        "driver_rss": max(r["driver_rss"] for r in runs),
+        "worker_rss": max(r["worker_rss"] for r in runs),
+        "total_rss": max(r["total_rss"] for r in runs),
+        "workers": max(r["workers"] for r in runs),
+    }
+    summaries = [s for r in runs if (s := _parse_summary(r["stdout"]))]
+    if summaries:
+        pick = {k: statistics.median(s[k] for s in summaries) for k in ("wall_s", "merge_s")}
+        result["raymerge"] = {
+            "wall_s": pick["wall_s"],
+            "merge_s": pick["merge_s"],
+            "jobs": summaries[0]["jobs"],
+            "bytes_read": summaries[0]["bytes_read"],
+            "bytes_written": summaries[0]["bytes_written"],
+            "peak_worker_rss": max(s["peak_worker_rss"] for s in summaries),
+            "driver_rss": max(s["driver_rss"] for s in summaries),
+            "retries": sum(s["retries"] for s in summaries),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------- Ray cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (falls back to PATH)."""
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def start_cluster(env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``ray start --head`` on a free port; returns the address and the env drivers need."""
+    port = free_port()
+    args = "start --head --num-cpus 2 --include-dashboard=false --port {} "
+    args += "--node-ip-address 127.0.0.1 --disable-usage-stats"
+    cmd = [tool("ray"), *args.format(port).split()]
+    print(f"ray: starting a cluster on port {port} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start failed (exit {proc.returncode}):\n{output[-3000:]}")
+    driver_env = dict(env)
+    # Ray >= 2.5x enables token auth by default; the driver must then present the token that
+    # `ray start` stored (~/.ray/auth_token), which it only does with RAY_AUTH_MODE=token.
+    if "Token authentication is enabled" in output and "RAY_AUTH_MODE" not in env:
+        driver_env["RAY_AUTH_MODE"] = "token"
+    return f"127.0.0.1:{port}", driver_env
+
+
+def stop_cluster(env: dict[str, str]) -> None:
+    subprocess.run([tool("ray"), "stop", "--force"], capture_output=True, env=env)
+    print("ray: cluster stopped")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+COLUMNS = ("run", "wall s", "in-run s", "read GB/s", "x floor", "vs mergekit",
+           "driver RSS", "worker RSS", "sum RSS")  # fmt: skip
+
+
+def table_row(name: str, r: dict[str, Any], mergekit_s: float | None) -> list[str]:
+    inner = r.get("raymerge", {}).get("wall_s")
+    speedup = mergekit_s / r["wall_s"] if mergekit_s and "linear" in name else None
+    return [
+        name,
+        f"{r['wall_s']:.2f}",
+        f"{inner:.2f}" if inner else "-",
+        f"{r['read_gbps']:.2f}",
+        f"{r['x_floor']:.2f}",
+        f"{speedup:.1f}x" if speedup else "-",
+        gb(r["driver_rss"]),
+        gb(r["worker_rss"]) if r["workers"] else "-",
+        gb(r["total_rss"]),
+    ]
+
+
+def print_table(floor: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    mergekit_s = rows.get("mergekit linear", {}).get("wall_s")
+    floor_gbps = floor["bytes_read"] / floor["wall_s"] / 1e9
+    floor_row = ["I/O floor", f"{floor['wall_s']:.2f}", "-", f"{floor_gbps:.2f}", "1.00"]
+    floor_row += ["-"] * (len(COLUMNS) - len(floor_row))
+    lines = [list(COLUMNS), floor_row]
+    lines += [table_row(name, r, mergekit_s) for name, r in rows.items() if "wall_s" in r]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(COLUMNS))]
+    for k, row in enumerate(lines):
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    for name, r in rows.items():
+        if "wall_s" not in r:
+            print(f"{name:<{widths[0]}}  {r.get('error') or r.get('skipped')}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="/tmp/raymerge-bench", help="models, configs, outputs")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    ap.add_argument(
+        "--mergekit",
+        default=None,
+        help="mergekit-yaml executable (default: mergekit-yaml on PATH, if any)",
+    )
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated raymerge methods to time warm (from {', '.join(METHODS)})",
+    )
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(methods) - set(METHODS):
+        ap.error(f"unknown method(s) {', '.join(sorted(unknown))}; valid: {', '.join(METHODS)}")
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    models = build_family(workdir)
+    configs = write_configs(workdir, models)
+    sizes = {n: model_bytes(p) for n, p in models.items()}
+    reads = {"linear": sizes["ft1"] + sizes["ft2"], "task_arithmetic": sum(sizes.values())}
+    out_bytes = sizes["ft1"]
+    print(f"family: {gb(sum(sizes.values()))} of safetensors in 3 models, output {gb(out_bytes)}")
+
+    print(f"I/O floor: read 3 inputs + write {gb(out_bytes)} with fsync, page cache warm ...")
+    floor = io_floor(models, out_bytes, workdir, args.repeats)
+    print(
+        f"  {floor['wall_s']:.2f} s (read {floor['read_gbps']:.2f} GB/s, "
+        f"write {floor['write_gbps']:.2f} GB/s)"
+    )
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    raymerge = [tool("raymerge"), "run"]
+    flags = ["--overwrite", "--no-progress", "--json"]
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        address, driver_env = start_cluster(env)
+        for m in methods:
+            cmd = [*raymerge, str(configs[m]), str(workdir / f"out-{m}"), "--address", address]
+            rows[f"raymerge {m} (warm)"] = repeat(
+                f"raymerge {m} (warm)",
+                cmd + flags,
+                workdir / f"out-{m}",
+                driver_env,
+                args.repeats,
+                reads[m],
+            )
+    finally:
+        stop_cluster(env)
+
+    if "linear" in methods:
+        out = workdir / "out-linear-cold"
+        cmd = [*raymerge, str(configs["linear"]), str(out), *flags]
+        rows["raymerge linear (cold)"] = repeat(
+            "raymerge linear (cold)", cmd, out, env, args.repeats, reads["linear"]
+        )
+        mergekit = args.mergekit or shutil.which("mergekit-yaml")
+        if mergekit and Path(mergekit).exists():
+            out = workdir / "out-mergekit"
+            cmd = [mergekit, str(configs["linear"]), str(out), "-j", "2", "--quiet"]
+            rows["mergekit linear"] = repeat(
+                "mergekit linear", cmd, out, env, args.repeats, reads["linear"]
+            )
+        else:
+            print("mergekit not installed, skipped")
+            rows["mergekit linear"] = {"skipped": "mergekit not installed"}
+
+    for r in rows.values():
+        if "wall_s" in r:
+            r["x_floor"] = r["wall_s"] / floor["wall_s"]
+    mk = rows.get("mergekit linear", {}).get("wall_s")
+    warm = rows.get("raymerge linear (warm)", {})
+    targets: dict[str, Any] = {}
+    if "wall_s" in warm:
+        targets["warm_linear_x_floor"] = warm["x_floor"]
+        targets["floor_ok"] = warm["x_floor"] <= TARGET_FLOOR_RATIO
+        if mk:
+            warm["speedup_vs_mergekit"] = mk / warm["wall_s"]
+            targets["speedup_vs_mergekit"] = warm["speedup_vs_mergekit"]
+            targets["mergekit_ok"] = warm["speedup_vs_mergekit"] >= TARGET_MERGEKIT_SPEEDUP
+
+    print()
+    print(
+        f"median of {args.repeats} run(s); in-run s = raymerge's own wall_s (no interpreter "
+        "start-up); read GB/s = input bytes the run reads / wall s; x floor = wall s / floor "
+        "wall s;\nRSS = peak resident set polled every 0.1 s: driver process, largest Ray worker, "
+        "sum over the driver's process tree and all Ray workers"
+    )
+    print_table(floor, rows)
+    if "floor_ok" in targets:
+        ok = "met" if targets["floor_ok"] else "MISSED"
+        print(
+            f"target warm linear <= {TARGET_FLOOR_RATIO}x floor: "
+            f"{targets['warm_linear_x_floor']:.2f}x ({ok})"
+        )
+    if "mergekit_ok" in targets:
+        ok = "met" if targets["mergekit_ok"] else "MISSED"
+        print(
+            f"target warm linear >= {TARGET_MERGEKIT_SPEEDUP}x faster than mergekit: "
+            f"{targets['speedup_vs_mergekit']:.1f}x ({ok})"
+        )
+    report = {
+        "model": MODEL,
+        "model_bytes": sizes,
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "floor": floor,
+        "runs": rows,
+        "targets": targets,
+    }
+    print(json.dumps(report, sort_keys=True))
+    return 1 if any("error" in r for r in rows.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

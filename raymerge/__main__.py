@@ -1,0 +1,5 @@
+import sys
+
+from raymerge.cli import main
+
+sys.exit(main())

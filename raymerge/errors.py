@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Everything a user can cause (bad config, bad input files, unreachable storage) raises
+:class:`RaymergeError`. The CLI prints its message as one paragraph and exits with code 2,
+without a traceback. Internal bugs stay ordinary exceptions so their tracebacks survive.
+"""
+
+from __future__ import annotations
+
+
+class RaymergeError(Exception):
+    """An error caused by the user's input; the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(RaymergeError):
+    """The merge configuration is invalid. The message lists every problem at once."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}:\n{lines}")
+
+
+class InputError(RaymergeError):
+    """An input checkpoint is missing, unreadable, corrupt or inconsistent."""
+
+
+class OutputError(RaymergeError):
+    """The output location cannot be used (unwritable, holds another run, ...)."""
+
+
+class VerifyError(RaymergeError):
+    """A finished output does not match its manifest."""

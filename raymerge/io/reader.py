@@ -1,0 +1,287 @@
+"""Reading checkpoints through fsspec with range requests only.
+
+Driver side: :func:`read_model` lists a model folder once, reads each shard's header with one or
+two small range reads, validates it (:mod:`raymerge.io.header`) and cross-checks
+``model.safetensors.index.json``. Worker side: :func:`read_ranges` fetches exactly the byte ranges
+a job needs (concurrently on async filesystems such as s3fs) and :func:`decode` turns them into
+tensors without an extra copy.
+
+Pickle checkpoints (``.bin``/``.pt``/...) are never opened: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from raymerge.errors import InputError
+from raymerge.io.header import (
+    DTYPES,
+    HeaderError,
+    ShardHeader,
+    TensorEntry,
+    header_length,
+    parse_header,
+)
+from raymerge.storage import Location, redact_url
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Small side files copied from the base model into the output.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+HEADER_PROBE_BYTES = 1 << 16
+_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+MAX_INDEX_BYTES = 200_000_000
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where one tensor's bytes live: file (name within the model folder) and absolute range."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass
+class ModelLayout:
+    """Everything the planner needs to know about one input model, from headers only."""
+
+    ref: str
+    location: Location
+    tensors: dict[str, TensorSource]
+    order: list[str]
+    files: dict[str, dict[str, Any]]  # file name -> {"size", "etag"/"mtime"...}: fingerprints
+    config: dict[str, Any] | None
+    side_files: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Input identity for the model card and nightly jobs: sizes and ETags/mtimes of shards."""
+        return {"model": redact_url(self.ref), "files": self.files}
+
+
+def _listing(loc: Location) -> dict[str, dict[str, Any]]:
+    try:
+        if not loc.fs.exists(loc.path):
+            raise InputError(f"{loc.url}: model folder not found")
+        if loc.fs.isfile(loc.path):
+            raise InputError(
+                f"{loc.url}: is a file; a model reference is a folder holding "
+                f"{SINGLE_FILE} or {INDEX_FILE} + shards"
+            )
+        entries = loc.fs.ls(loc.path, detail=True)
+    except InputError:
+        raise
+    except PermissionError as exc:
+        raise InputError(f"{loc.url}: access denied ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise InputError(f"{loc.url}: cannot list the model folder: {exc}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.get("type") == "directory":
+            continue
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        info = {"size": int(e.get("size") or 0)}
+        for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "blob_id"):
+            if e.get(key) is not None:
+                info[key.lower()] = str(e[key])
+        out[name] = info
+    return out
+
+
+def refuse_pickles(url: str, names: list[str]) -> None:
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    raise InputError(
+        f"{url}: no safetensors checkpoint ({SINGLE_FILE} or {INDEX_FILE}) found"
+        + (
+            f"; only pickle files {pickles}. raymerge never unpickles checkpoints (loading a "
+            "pickle runs arbitrary code). Convert them once, in an environment you trust, e.g. "
+            '`python -c "import torch; from safetensors.torch import save_file; '
+            "save_file(torch.load('pytorch_model.bin', weights_only=True), "
+            "'model.safetensors', metadata={'format': 'pt'})\"`, or load the model with "
+            "transformers and call save_pretrained(..., safe_serialization=True)."
+            if pickles
+            else f"; the folder holds {sorted(names)[:10]}"
+        )
+    )
+
+
+def read_model(ref: str, loc: Location) -> ModelLayout:
+    """List, read and validate every header of one model (range reads only)."""
+    listing = _listing(loc)
+    names = list(listing)
+    if INDEX_FILE in listing:
+        index = _read_index(loc, listing[INDEX_FILE]["size"])
+        if not index:
+            raise InputError(f"{loc.url}/{INDEX_FILE}: 'weight_map' is empty")
+        shard_names = sorted(set(index.values()))
+        missing = [s for s in shard_names if s not in listing]
+        if missing:
+            names = sorted(t for t, s in index.items() if s in missing)
+            raise InputError(
+                f"{loc.url}/{INDEX_FILE}: names shard(s) {missing} that do not exist in the "
+                f"folder (they should hold {len(names)} tensors, e.g. {names[:3]})"
+            )
+        stray = sorted(n for n in listing if _SHARD_RE.match(n) and n not in shard_names)
+        if stray:
+            raise InputError(
+                f"{loc.url}: shard(s) {stray} are not referenced by {INDEX_FILE}; the index "
+                "is incomplete or the folder mixes two checkpoints"
+            )
+    elif SINGLE_FILE in listing:
+        index = None
+        shard_names = [SINGLE_FILE]
+    else:
+        refuse_pickles(loc.url, names)
+        raise AssertionError("unreachable")
+
+    headers = read_headers(loc, shard_names, {s: listing[s]["size"] for s in shard_names})
+    tensors: dict[str, TensorSource] = {}
+    order: list[str] = []
+    dup: list[str] = []
+    for shard in shard_names:
+        h = headers[shard]
+        for e in h.tensors:
+            if e.name in tensors:
+                dup.append(f"{e.name!r} in both {tensors[e.name].file} and {shard}")
+                continue
+            tensors[e.name] = TensorSource(
+                e.name, shard, e.dtype, e.shape, h.data_start + e.begin, h.data_start + e.end
+            )
+            order.append(e.name)
+    problems = [f"tensor {d}" for d in dup]
+    if index is not None:
+        for name, shard in index.items():
+            if name not in tensors:
+                problems.append(f"index maps {name!r} to {shard}, which does not hold it")
+            elif tensors[name].file != shard:
+                problems.append(f"index maps {name!r} to {shard} but it is in {tensors[name].file}")
+        for name in tensors:
+            if name not in index:
+                problems.append(
+                    f"tensor {name!r} in {tensors[name].file} is missing from the index"
+                )
+    if problems:
+        body = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InputError(f"{loc.url}: inconsistent checkpoint:\n{body}{more}")
+    config = _read_json(loc, "config.json", listing) if "config.json" in listing else None
+    side = [f for f in SIDE_FILES if f in listing]
+    files = {s: listing[s] for s in shard_names}
+    return ModelLayout(ref, loc, tensors, order, files, config, side)
+
+
+def _read_json(loc: Location, name: str, listing: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    size = listing[name]["size"]
+    if size > MAX_INDEX_BYTES:
+        raise InputError(f"{loc.url}/{name}: {size} bytes is too large for a JSON side file")
+    try:
+        obj = json.loads(loc.fs.cat_file(loc.child(name).path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{loc.url}/{name}: not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{loc.url}/{name}: expected a JSON object")
+    return obj
+
+
+def _read_index(loc: Location, size: int) -> dict[str, str]:
+    obj = _read_json(loc, INDEX_FILE, {INDEX_FILE: {"size": size}})
+    wm = obj.get("weight_map")
+    if not isinstance(wm, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and "/" not in v for k, v in wm.items()
+    ):
+        raise InputError(
+            f"{loc.url}/{INDEX_FILE}: 'weight_map' must map tensor names to shard file names"
+        )
+    return wm
+
+
+def read_headers(loc: Location, shards: list[str], sizes: dict[str, int]) -> dict[str, ShardHeader]:
+    """Read every shard's header: one concurrent batch of small range reads, a second if needed."""
+    paths = [loc.child(s).path for s in shards]
+    ends = [min(sizes[s], HEADER_PROBE_BYTES) for s in shards]
+    probes = _cat_ranges(loc, paths, [0] * len(paths), ends)
+    out: dict[str, ShardHeader] = {}
+    need: list[int] = []
+    for i, s in enumerate(shards):
+        try:
+            n = header_length(probes[i], file=s, file_size=sizes[s])
+        except HeaderError as exc:
+            raise InputError(f"{loc.url}/{exc}") from None
+        if 8 + n > len(probes[i]):
+            need.append(i)
+    if need:
+        more = _cat_ranges(
+            loc,
+            [paths[i] for i in need],
+            [len(probes[i]) for i in need],
+            [8 + int.from_bytes(probes[i][:8], "little") for i in need],
+        )
+        for i, extra in zip(need, more):
+            probes[i] = probes[i] + extra
+    for i, s in enumerate(shards):
+        try:
+            out[s] = parse_header(probes[i], file=s, file_size=sizes[s])
+        except HeaderError as exc:
+            raise InputError(f"{loc.url}/{exc}") from None
+    return out
+
+
+def _cat_ranges(loc: Location, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    try:
+        got = loc.fs.cat_ranges(paths, starts, ends)
+    except PermissionError as exc:
+        raise InputError(f"{loc.url}: access denied reading shard headers ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{loc.url}: cannot read shard headers: {exc}") from None
+    for p, g in zip(paths, got):
+        if isinstance(g, Exception):
+            raise InputError(f"{p}: cannot read: {g}")
+    return list(got)
+
+
+def read_ranges(fs: Any, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    """Fetch byte ranges; s3fs runs them concurrently, local files read them one by one."""
+    if not paths:
+        return []
+    got = fs.cat_ranges(paths, starts, ends)
+    for p, s, e, g in zip(paths, starts, ends, got):
+        if isinstance(g, Exception):
+            raise g
+        if len(g) != e - s:
+            raise OSError(f"{p}: short read of range [{s}, {e}): got {len(g)} bytes")
+    return list(got)
+
+
+def decode(buf: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Bytes -> tensor without copying. The tensor aliases ``buf``: treat it as read-only."""
+    tdtype = DTYPES[dtype][0]
+    if len(buf) == 0:
+        return torch.empty(shape, dtype=tdtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frombuffer warns that bytes are not writable
+        flat = torch.frombuffer(buf, dtype=torch.uint8)
+    return flat.view(tdtype).reshape(shape)
+
+
+__all__ = ["ModelLayout", "TensorEntry", "TensorSource", "decode", "read_model", "read_ranges"]

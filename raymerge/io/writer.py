@@ -1,0 +1,180 @@
+"""Output shards: where job bytes go, and how a shard becomes visible only when complete.
+
+The planner fixes every shard's header and every tensor's offset up front, so each job knows the
+exact byte range [out_start, out_end) it owns and no tensor ever passes through the driver.
+
+Two sinks, chosen by the output URL:
+
+- :class:`LocalSink` (local or shared POSIX filesystem): each shard is preallocated under
+  ``OUT/.raymerge/staging/`` and jobs ``pwrite`` their range at its offset. Commit = fsync +
+  atomic rename to the final name. A crashed run leaves only staging files, never a final name.
+- :class:`S3Sink` (``s3://``): one S3 multipart upload per shard, created by the driver. A job's
+  range is exactly one part (part number = the job's ordinal in its shard; the planner keeps all
+  but the last part at least 5 MiB), uploaded directly by the worker that computed it. So no
+  process ever holds more than one job's bytes (<= the job size target, 64 MiB by default),
+  retried jobs simply re-upload their part, and the object appears under its final key only when
+  the driver completes the upload; on failure the uploads are aborted. S3 forbids more than
+  10,000 parts: the job size target keeps a 5 GB shard near 80.
+
+Other fsspec protocols are refused for output with a message (their multipart semantics differ);
+inputs may come from any protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from raymerge.errors import OutputError
+from raymerge.plan import Job, ShardPlan
+from raymerge.storage import Location
+
+STAGING_DIR = ".raymerge/staging"
+MAX_S3_PARTS = 10_000
+
+
+class LocalSink:
+    kind = "local"
+
+    def __init__(self, out: Location, shards: list[ShardPlan]) -> None:
+        self.root = out.path
+        self.shards = [(s.name, s.size) for s in shards]
+
+    def staging_path(self, shard: int) -> str:
+        return os.path.join(self.root, STAGING_DIR, self.shards[shard][0])
+
+    def prepare(self) -> None:
+        os.makedirs(os.path.join(self.root, STAGING_DIR), exist_ok=True)
+        for i, (_, size) in enumerate(self.shards):
+            with open(self.staging_path(i), "wb") as f:
+                f.truncate(size)
+
+    def write(self, job: Job, data: memoryview) -> dict[str, Any]:
+        fd = os.open(self.staging_path(job.shard), os.O_WRONLY)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], job.out_start + done)
+        finally:
+            os.close(fd)
+        return {}
+
+    def commit(self, results: dict[int, dict[str, Any]], jobs: list[Job]) -> None:
+        for i, (name, _) in enumerate(self.shards):
+            path = self.staging_path(i)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(path, os.path.join(self.root, name))
+        _fsync_dir(self.root)
+
+    def abort(self) -> None:
+        """Staging files are left for inspection; they never carry a final shard name."""
+
+
+class S3Sink:
+    kind = "s3"
+
+    def __init__(self, out: Location, shards: list[ShardPlan], jobs: list[Job]) -> None:
+        self.fs = out.fs
+        bucket, key, _ = out.fs.split_path(out.path)
+        self.bucket = bucket
+        self.keys = [f"{key}/{s.name}".lstrip("/") for s in shards]
+        self.uploads: list[str] = []
+        parts: dict[int, int] = {}
+        for j in jobs:
+            parts[j.shard] = parts.get(j.shard, 0) + 1
+        if parts and max(parts.values()) > MAX_S3_PARTS:
+            raise OutputError(
+                f"a shard needs {max(parts.values())} upload parts, above S3's limit of "
+                f"{MAX_S3_PARTS}: raise --job-bytes or lower --shard-size"
+            )
+
+    def prepare(self) -> None:
+        for key in self.keys:
+            resp = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket, Key=key)
+            self.uploads.append(resp["UploadId"])
+
+    def write(self, job: Job, data: memoryview) -> dict[str, Any]:
+        resp = self.fs.call_s3(
+            "upload_part",
+            Bucket=self.bucket,
+            Key=self.keys[job.shard],
+            UploadId=self.uploads[job.shard],
+            PartNumber=job.part,
+            Body=bytes(data),
+        )
+        return {"etag": resp["ETag"]}
+
+    def commit(self, results: dict[int, dict[str, Any]], jobs: list[Job]) -> None:
+        for shard, key in enumerate(self.keys):
+            parts = [
+                {"PartNumber": j.part, "ETag": results[j.id]["etag"]}
+                for j in sorted(jobs, key=lambda j: j.part)
+                if j.shard == shard
+            ]
+            self.fs.call_s3(
+                "complete_multipart_upload",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=self.uploads[shard],
+                MultipartUpload={"Parts": parts},
+            )
+        self.fs.invalidate_cache()
+
+    def abort(self) -> None:
+        for key, upload in zip(self.keys, self.uploads):
+            try:
+                self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload
+                )
+            except Exception:  # best effort: the upload may already be gone
+                pass
+
+
+def make_sink(out: Location, shards: list[ShardPlan], jobs: list[Job]) -> LocalSink | S3Sink:
+    if out.is_local:
+        return LocalSink(out, shards)
+    if out.protocol in ("s3", "s3a"):
+        return S3Sink(out, shards, jobs)
+    raise OutputError(
+        f"{out.url}: output to {out.protocol}:// is not supported; write to a local/shared "
+        "folder or s3:// (inputs may use any fsspec protocol)"
+    )
+
+
+def write_small(out: Location, name: str, data: bytes) -> None:
+    """Write a small file atomically: temp + rename locally, a single PUT on object stores."""
+    loc = out.child(name)
+    if out.is_local:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        tmp = f"{loc.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+    else:
+        out.fs.pipe_file(loc.path, data)
+
+
+def write_json(out: Location, name: str, obj: Any) -> None:
+    write_small(out, name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def index_json(shards: list[ShardPlan], dtypes: dict[str, str]) -> dict[str, Any]:
+    """``model.safetensors.index.json``: total tensor bytes and the tensor -> shard map."""
+    total = sum(s.size - len(s.header) for s in shards)
+    weight_map = {t: s.name for s in shards for t in s.tensors}
+    return {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,52 @@
+"""Linear merging: the weighted average of model weights ("model soups").
+
+Wortsman et al., "Model soups: averaging weights of multiple fine-tuned models improves accuracy
+without increasing inference time", ICML 2022, https://arxiv.org/abs/2203.05482; and Choshen et
+al., "Fusing finetuned models for better pretraining", 2022, https://arxiv.org/abs/2204.03044.
+
+result = sum_i w_i * x_i, divided by sum_i w_i when ``normalize`` (default true), as mergekit.
+Accumulation is in fp32 (or the math dtype if wider) whatever the storage dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from raymerge.methods.base import MergeMethod, ParamSpec
+
+
+def linear(
+    base: torch.Tensor | None,
+    tensors: Sequence[torch.Tensor],
+    model_params: Sequence[dict[str, Any]],
+    params: dict[str, Any],
+) -> torch.Tensor:
+    """Weighted sum of ``tensors``; normalised by the weight sum when ``params['normalize']``."""
+    del base  # linear averages the listed models only, like mergekit
+    weights = [float(p["weight"]) for p in model_params]
+    acc = torch.mul(tensors[0], weights[0])
+    for x, w in zip(tensors[1:], weights[1:]):
+        acc.add_(x, alpha=w)
+    if params["normalize"]:
+        total = sum(weights)
+        if total == 0:
+            raise ValueError("linear: the weights sum to zero, cannot normalize")
+        acc.div_(total)
+    return acc
+
+
+LINEAR = MergeMethod(
+    name="linear",
+    kernel=linear,
+    params=(
+        ParamSpec("weight", float, "model", required=True, doc="weight of each model"),
+        ParamSpec("normalize", bool, "global", default=True, doc="divide by the sum of weights"),
+    ),
+    base="ignored",
+    work_bytes_per_element=8,
+    reference="https://arxiv.org/abs/2203.05482",
+    doc="weighted average of the models",
+)

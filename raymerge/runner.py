@@ -1,0 +1,284 @@
+"""One merge, end to end: headers -> plan -> output checks -> Ray jobs -> commit -> _SUCCESS.
+
+Order of visibility on the output (nothing looks complete before it is):
+
+1. ``.raymerge/run.json`` (config hash, run id) claims the folder; ``_SUCCESS`` of an earlier run
+   of the same config is removed first.
+2. jobs write into staging files / open multipart uploads (never a final shard name);
+3. shards are committed (rename / complete upload), then ``manifest.parquet``, side files
+   (config.json, tokenizer, model card), ``model.safetensors.index.json``, and ``_SUCCESS`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from raymerge import __version__
+from raymerge.config import MergeConfig
+from raymerge.errors import InputError, OutputError
+from raymerge.executor import ExecOptions, connect, execute
+from raymerge.io.header import DTYPES
+from raymerge.io.reader import INDEX_FILE, ModelLayout, read_model
+from raymerge.io.writer import index_json, make_sink, write_json, write_small
+from raymerge.job import JobContext
+from raymerge.manifest import build_table, write_manifest
+from raymerge.plan import (
+    DEFAULT_JOB_BYTES,
+    DEFAULT_JOB_MEMORY,
+    DEFAULT_SHARD_SIZE,
+    MIN_PART_BYTES,
+    Plan,
+    make_plan,
+)
+from raymerge.progress import Progress, fmt_bytes
+from raymerge.storage import Location, redact_url, resolve
+
+RUN_FILE = ".raymerge/run.json"
+SUCCESS = "_SUCCESS"
+
+
+@dataclass
+class RunOptions:
+    shard_size: int = DEFAULT_SHARD_SIZE
+    job_memory: int = DEFAULT_JOB_MEMORY
+    job_bytes: int = DEFAULT_JOB_BYTES
+    overwrite: bool = False
+    allow_nonfinite: bool = False
+    execution: ExecOptions = field(default_factory=ExecOptions)
+
+
+def load_inputs(cfg: MergeConfig) -> list[ModelLayout]:
+    """Read and validate every input's headers (range reads only)."""
+    return [read_model(ref, resolve(ref, cfg.storage_options)) for ref in cfg.input_refs()]
+
+
+def build_plan(cfg: MergeConfig, opts: RunOptions) -> tuple[Plan, list[ModelLayout]]:
+    layouts = load_inputs(cfg)
+    ref = layouts[0]
+    plan = make_plan(
+        cfg,
+        [lay.tensors for lay in layouts],
+        ref.order,
+        model_config=ref.config,
+        shard_size=opts.shard_size,
+        job_memory=opts.job_memory,
+        job_bytes=opts.job_bytes,
+        min_part_bytes=MIN_PART_BYTES,
+    )
+    return plan, layouts
+
+
+def _claim_output(out: Location, run_hash: str, overwrite: bool) -> str:
+    """Refuse an OUT that holds something else; record this run; return the run id."""
+    fs = out.fs
+    try:
+        if not out.is_local:
+            bucket = fs.split_path(out.path)[0] if hasattr(fs, "split_path") else None
+            if bucket and not fs.exists(bucket):
+                raise OutputError(f"{out.url}: bucket {bucket!r} does not exist")
+        exists = fs.exists(out.path)
+        if exists and not fs.isdir(out.path):
+            raise OutputError(f"{out.url}: exists and is not a folder")
+        entries = fs.ls(out.path, detail=False) if exists else []
+        if entries and not overwrite:
+            run_path = out.child(RUN_FILE).path
+            prev = json.loads(fs.cat_file(run_path)) if fs.exists(run_path) else None
+            if prev is None:
+                raise OutputError(
+                    f"{out.url}: is not empty and holds no raymerge run; choose an empty "
+                    "folder or pass --overwrite"
+                )
+            if prev.get("config_hash") != run_hash:
+                raise OutputError(
+                    f"{out.url}: holds a run of a different config (hash {prev.get('config_hash')}"
+                    f", this config {run_hash}); choose another folder or pass --overwrite"
+                )
+        if fs.exists(out.child(SUCCESS).path):
+            fs.rm(out.child(SUCCESS).path)
+        run_id = uuid.uuid4().hex[:12]
+        write_json(
+            out,
+            RUN_FILE,
+            {
+                "config_hash": run_hash,
+                "run_id": run_id,
+                "raymerge": __version__,
+                "started": time.time(),
+            },
+        )
+        return run_id
+    except PermissionError as exc:
+        raise OutputError(
+            f"{out.url}: not writable ({exc.strerror or type(exc).__name__})"
+        ) from None
+    except OSError as exc:
+        if isinstance(exc, (OutputError, InputError)):
+            raise
+        raise OutputError(f"{out.url}: cannot use as output: {exc}") from None
+
+
+def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any]:
+    """Merge ``cfg`` into ``out_url``; returns the run summary."""
+    t_start = time.perf_counter()
+    plan, layouts = build_plan(cfg, opts)  # all input validation happens here, before any data
+    out = resolve(out_url, cfg.storage_options)
+    sink = make_sink(out, plan.shards, plan.jobs)
+    run_id = _claim_output(out, plan.config_hash, opts.overwrite)
+    started_ray = connect(opts.execution)
+    progress = Progress(plan.jobs, enabled=opts.execution.progress)
+    sink.prepare()
+    ctx = JobContext(
+        inputs=tuple(lay.location for lay in layouts),
+        method=plan.method,
+        base_input=plan.base_input,
+        merged_inputs=tuple(plan.merged_inputs),
+        math_dtype="F64" if cfg.dtype in ("float64", "fp64", "double") else "F32",
+        headers=tuple(s.header for s in plan.shards),
+        sink=sink,
+        allow_nonfinite=opts.allow_nonfinite,
+    )
+    try:
+        result = execute(plan.jobs, ctx, opts.execution, on_done=progress.update)
+        sink.commit(result.results, plan.jobs)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        progress.close()
+    wall = time.perf_counter() - t_start
+    summary = _summary(plan, result, wall, run_id)
+    _finalize(cfg, out, plan, layouts, result.results, summary, run_id)
+    summary["wall_s"] = time.perf_counter() - t_start
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+    return summary
+
+
+def _summary(plan: Plan, result: Any, wall: float, run_id: str) -> dict[str, Any]:
+    read = sum(r["bytes_read"] for r in result.results.values())
+    written = sum(s.size for s in plan.shards)
+    return {
+        "run_id": run_id,
+        "method": plan.method,
+        "tensors": len({p.name for p in plan.pieces}),
+        "pieces": len(plan.pieces),
+        "jobs": len(plan.jobs),
+        "shards": len(plan.shards),
+        "bytes_read": read,
+        "bytes_written": written,
+        "merge_s": result.seconds,
+        "wall_s": wall,
+        "read_gbps": read / result.seconds / 1e9 if result.seconds else 0.0,
+        "write_gbps": written / result.seconds / 1e9 if result.seconds else 0.0,
+        "peak_job_memory_planned": max((j.memory_bytes for j in plan.jobs), default=0),
+        "peak_worker_rss": max((r.get("rss_peak", 0) for r in result.results.values()), default=0),
+        "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "retries": result.retries,
+        "nodes": len(result.nodes),
+    }
+
+
+def _torch_dtype_name(st: str) -> str:
+    return str(DTYPES[st][0]).removeprefix("torch.")
+
+
+def _finalize(
+    cfg: MergeConfig,
+    out: Location,
+    plan: Plan,
+    layouts: list[ModelLayout],
+    results: dict[int, dict[str, Any]],
+    summary: dict[str, Any],
+    run_id: str,
+) -> None:
+    public = cfg.public_dict()
+    fingerprints = [lay.fingerprint() for lay in layouts]
+    metadata = {
+        "raymerge_version": __version__,
+        "config_hash": plan.config_hash,
+        "run_id": run_id,
+        "config": public,
+        "inputs": fingerprints,
+        "summary": summary,
+        "shards": [
+            {
+                "name": s.name,
+                "size": s.size,
+                "header_len": len(s.header),
+                "header_checksum": next(
+                    r["header_checksum"]
+                    for j in plan.jobs
+                    if j.shard == s.index and j.part == 1
+                    for r in [results[j.id]]
+                ),
+            }
+            for s in plan.shards
+        ],
+    }
+    write_manifest(out, build_table(plan, results, metadata))
+    ref = layouts[plan.reference_input]
+    for name in ref.side_files:
+        data = ref.location.fs.cat_file(ref.location.child(name).path)
+        if name == "config.json" and plan.tensor_dtypes:
+            conf = json.loads(data)
+            dtypes = set(plan.tensor_dtypes.values())
+            if len(dtypes) == 1:
+                conf["torch_dtype"] = _torch_dtype_name(dtypes.pop())
+            data = (json.dumps(conf, indent=2) + "\n").encode()
+        write_small(out, name, data)
+    write_small(out, "README.md", model_card(public, fingerprints, summary).encode())
+    write_json(out, INDEX_FILE, index_json(plan.shards, plan.tensor_dtypes))
+    write_json(
+        out, SUCCESS, {"run_id": run_id, "config_hash": plan.config_hash, "summary": summary}
+    )
+
+
+def model_card(
+    config: dict[str, Any], inputs: list[dict[str, Any]], summary: dict[str, Any]
+) -> str:
+    import yaml
+
+    base = config.get("base_model")
+    lines = ["---", "library_name: transformers", "tags:", "- merge", "- raymerge"]
+    if base and "://" not in str(base):
+        lines.append(f"base_model: {base}")
+    lines += [
+        "---",
+        "",
+        "# Merged model",
+        "",
+        f"Produced by raymerge {__version__} with the `{config.get('merge_method')}` method.",
+        "",
+        "## Configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Inputs",
+        "",
+    ]
+    for fp in inputs:
+        files = ", ".join(
+            f"{name} ({info.get('size')} B"
+            + (f", etag {info['etag']}" if "etag" in info else "")
+            + ")"
+            for name, info in fp["files"].items()
+        )
+        lines.append(f"- `{redact_url(fp['model'])}`: {files}")
+    lines += [
+        "",
+        "## Run",
+        "",
+        f"{summary['tensors']} tensors, {fmt_bytes(summary['bytes_written'])} written in "
+        f"{summary['merge_s']:.1f} s ({summary['jobs']} jobs, {summary['retries']} retries).",
+        "",
+    ]
+    return "\n".join(lines)

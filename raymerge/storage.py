@@ -1,0 +1,147 @@
+"""Model references and output URLs -> (fsspec filesystem, path).
+
+One place decides how a string in a config becomes something we can read from or write to:
+
+- ``/data/m``, ``./m``, ``file:///data/m``                      local files
+- ``s3://bucket/prefix`` (s3fs), ``gs://``, ``az://``, ...      any fsspec protocol
+- ``hf://org/repo@rev``                                         huggingface_hub's HfFileSystem
+- ``org/repo`` (mergekit style) when no such local folder exists -> ``hf://org/repo``
+
+Storage options come from the config's ``storage_options`` mapping (longest matching URL prefix
+wins) and otherwise from the standard environment that the filesystem itself reads (for S3:
+``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, the credential chain). Nothing here is a module-level
+global: callers pass the options in.
+
+fsspec filesystems pickle by their constructor arguments, so a :class:`Location` can be shipped to
+Ray workers, which re-create the filesystem on their side. Credentials may therefore travel inside
+task arguments, but they are never printed: use :func:`redact` on anything user-visible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from raymerge.errors import InputError
+
+_SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|session|key$|^key)", re.I)
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_URL_USERINFO = re.compile(r"(://)([^/@:]+):([^/@]+)@")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder or file on some filesystem; picklable (fsspec filesystems pickle by arguments)."""
+
+    fs: Any
+    path: str
+    url: str
+
+    def child(self, name: str) -> Location:
+        """The location ``name`` inside this folder."""
+        sep = "" if self.path.endswith("/") else "/"
+        usep = "" if self.url.endswith("/") else "/"
+        return Location(self.fs, f"{self.path}{sep}{name}", f"{self.url}{usep}{name}")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def protocol(self) -> str:
+        p = self.fs.protocol
+        return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def normalize_ref(ref: str) -> str:
+    """Turn a model reference as written in a config into a URL.
+
+    A reference without a protocol is a local path if it exists; otherwise a string shaped like a
+    Hugging Face repo id (``org/name`` or ``org/name@revision``) means ``hf://org/name``, which
+    is what mergekit users expect. Anything else stays a local path (and fails later with a clear
+    "not found").
+    """
+    ref = ref.strip()
+    if "://" in ref:
+        return ref
+    expanded = os.path.expanduser(ref)
+    if os.path.exists(expanded):
+        return os.path.abspath(expanded)
+    if _HF_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return f"hf://{ref}"
+    return os.path.abspath(expanded)
+
+
+def options_for(url: str, storage_options: Mapping[str, Mapping[str, Any]] | None) -> dict:
+    """The storage options of the longest prefix of ``url`` in ``storage_options``."""
+    best: tuple[int, Mapping[str, Any]] = (-1, {})
+    for prefix, opts in (storage_options or {}).items():
+        if url.startswith(prefix) and len(prefix) > best[0]:
+            best = (len(prefix), opts)
+    return dict(best[1])
+
+
+def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> Location:
+    """Resolve a model reference or output URL into a :class:`Location`."""
+    url = normalize_ref(ref)
+    opts = options_for(url, storage_options)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **opts)
+    except (ImportError, ValueError) as exc:
+        raise InputError(
+            f"{redact_url(url)}: cannot open this URL: {redact_text(str(exc))}"
+        ) from None
+    return Location(fs, path.rstrip("/") or path, url.rstrip("/") or url)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of ``obj`` with every secret-looking mapping value replaced by ``"***"``."""
+    if isinstance(obj, Mapping):
+        return {
+            k: ("***" if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v) for v in obj)
+    if isinstance(obj, str):
+        return redact_url(obj)
+    return obj
+
+
+def redact_url(url: str) -> str:
+    """Hide ``user:password@`` parts of a URL."""
+    return _URL_USERINFO.sub(r"\1***:***@", url)
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """Hide URL credentials and any known secret values in free text (error messages)."""
+    text = redact_url(text)
+    for s in secrets or ():
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text
+
+
+def secret_values(storage_options: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """Every secret-looking string value in ``storage_options`` and the AWS environment."""
+    found: list[str] = []
+
+    def walk(o: Any) -> None:
+        if isinstance(o, Mapping):
+            for k, v in o.items():
+                if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str):
+                    found.append(v)
+                else:
+                    walk(v)
+
+    walk(storage_options or {})
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN"):
+        if os.environ.get(var):
+            found.append(os.environ[var])
+    return found

@@ -1,0 +1,46 @@
+"""Test helpers: reference merges computed in-process, and output readers."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+
+from raymerge.config import MergeConfig, resolve_parameters
+from raymerge.plan import num_layers
+
+
+def load_model(folder: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        out.update(load_file(f))
+    return out
+
+
+def reference_merge(
+    cfg: MergeConfig, out_dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """What the output must be: the kernel applied to whole tensors loaded with safetensors."""
+    models = {ref: load_model(ref) for ref in cfg.input_refs()}
+    first = models[cfg.input_refs()[0]]
+    conf_path = os.path.join(cfg.input_refs()[0], "config.json")
+    conf = json.load(open(conf_path)) if os.path.exists(conf_path) else None
+    L = num_layers([first], conf)
+    method = cfg.method
+    out = {}
+    for name, t in first.items():
+        wide, per = resolve_parameters(cfg, name, L)
+        base = models[cfg.base_model][name].float() if method.base == "required" else None
+        xs = [models[m.model][name].float() for m in cfg.merged_models()]
+        out[name] = method.kernel(base, xs, per, wide).to(out_dtype or t.dtype)
+    return out
+
+
+def shard_bytes(folder: str) -> dict[str, bytes]:
+    return {
+        os.path.basename(f): open(f, "rb").read()
+        for f in sorted(glob.glob(os.path.join(folder, "model-*.safetensors")))
+    }
