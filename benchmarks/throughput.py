@@ -9,17 +9,18 @@ What one run measures (all on the same synthetic model family, page cache warm):
   fsync one output-sized file (raymerge fsyncs every output shard too). One untimed warm-up read
   first, then the median of ``--repeats`` runs. No merge can be faster than this on this disk.
 * **raymerge, warm**: ``raymerge run CFG OUT --address ...`` as a subprocess against a Ray
-  cluster this script starts with ``ray start --head`` (and always stops with
-  ``ray stop --force``), for every method in ``--methods``: ``linear`` (0.5/0.5 on the two
-  fine-tunes) and ``task_arithmetic`` (base + both fine-tunes at weight 0.5). Timed is what a
-  user sees: interpreter start-up, planning, the Ray jobs, commit and side files.
+  cluster that is already running (``ray start --head --block --num-cpus 2``, started by this
+  script and always stopped again, even on errors or Ctrl-C), for every method in ``--methods``:
+  ``linear`` (0.5/0.5 on the two fine-tunes) and ``task_arithmetic`` (base + both fine-tunes at
+  weight 0.5). Timed is what a user sees: interpreter start-up, planning, the Ray jobs, commit
+  and side files; "in-run s" is raymerge's own ``wall_s`` from its ``--json`` summary.
 * **raymerge, cold**: the same linear run without ``--address``, so it includes starting (and
   shutting down) a local Ray.
-* **mergekit**: ``mergekit-yaml`` 0.1.5 on the same linear YAML (``-j 2``), when ``--mergekit``
-  (or ``mergekit-yaml`` on PATH) is available; otherwise skipped.
-* **peak RSS**: a thread polls every 0.1 s the RSS of the subprocess, its descendants and every
-  Ray worker process (``ray::...`` / ``default_worker.py``); reported are the driver's peak, the
-  largest single worker's peak and the peak of their sum.
+* **mergekit**: ``mergekit-yaml`` 0.1.5 on the same linear YAML (``-j 2 --quiet``), when
+  ``--mergekit`` (or ``mergekit-yaml`` on PATH) is available; otherwise skipped.
+* **peak RSS**: a thread polls every 0.1 s the RSS of the timed process, its descendants and the
+  benchmark's Ray cluster (Ray processes of other users are not counted). Reported: the driver's
+  peak, the largest single Ray worker's peak, and the peak of the sum over all of them.
 
 GB/s columns are *input bytes read* (the safetensors bytes of the models a method reads: two for
 linear and mergekit, three for task_arithmetic and the floor) divided by the median wall time.
@@ -45,6 +46,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -186,21 +188,28 @@ def io_floor(models: dict[str, Path], out_bytes: int, scratch: Path, repeats: in
 # --------------------------------------------------------------------------- memory sampling
 
 
-def _is_ray_worker(cmdline: list[str]) -> bool:
-    text = " ".join(cmdline)
-    return text.startswith("ray::") or "default_worker.py" in text
+def is_ray_worker(cmdline: list[str]) -> bool:
+    """A Ray worker (``ray::IDLE``, ``ray::_remote_job``, ...), not one of Ray's agents."""
+    text = " ".join(cmdline).strip()
+    if "default_worker.py" in text:
+        return True
+    return text.startswith("ray::") and not text.split()[0].endswith("Agent")
 
 
 class PeakRSS:
-    """Polls RSS of a process, its descendants and all Ray workers until stopped."""
+    """Polls the RSS of a driver process and of everything under it and under ``cluster_pid``.
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    ``driver``: the driver process itself; ``worker``: the largest single Ray worker; ``total``:
+    the sum over both process trees (driver, its children, Ray's own processes and workers).
+    """
+
+    def __init__(self, pid: int, cluster_pid: int | None = None, interval: float = 0.1) -> None:
         self.pid = pid
+        self.cluster_pid = cluster_pid
         self.interval = interval
-        self.driver = 0
-        self.worker = 0
-        self.total = 0
-        self.workers_seen: set[int] = set()
+        self.driver = self.worker = self.total = 0
+        self.workers: set[int] = set()
+        self.descendants: set[int] = set()  # of the driver: checked for leftovers afterwards
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -218,29 +227,33 @@ class PeakRSS:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        procs = list(psutil.process_iter(["pid", "ppid", "cmdline", "memory_info"]))
+        procs = {p.pid: p.info for p in psutil.process_iter(["ppid", "cmdline", "memory_info"])}
         children: dict[int, list[int]] = {}
-        for p in procs:
-            children.setdefault(p.info["ppid"], []).append(p.info["pid"])
-        tree, stack = set(), [self.pid]
-        while stack:
-            pid = stack.pop()
-            tree.add(pid)
-            stack.extend(children.get(pid, []))
+        for pid, info in procs.items():
+            children.setdefault(info["ppid"], []).append(pid)
+
+        def tree(root: int | None) -> set[int]:
+            out, stack = set(), [root] if root else []
+            while stack:
+                pid = stack.pop()
+                out.add(pid)
+                stack.extend(children.get(pid, []))
+            return out
+
+        mine = tree(self.pid)
+        self.descendants |= mine - {self.pid}
         total = 0
-        for p in procs:
-            mem = p.info["memory_info"]
-            if mem is None:
+        for pid in mine | tree(self.cluster_pid):
+            info = procs.get(pid)
+            if info is None or info["memory_info"] is None:
                 continue
-            pid = p.info["pid"]
+            rss = info["memory_info"].rss
+            total += rss
             if pid == self.pid:
-                self.driver = max(self.driver, mem.rss)
-            elif _is_ray_worker(p.info["cmdline"] or []):
-                self.worker = max(self.worker, mem.rss)
-                self.workers_seen.add(pid)
-            elif pid not in tree:
-                continue
-            total += mem.rss
+                self.driver = max(self.driver, rss)
+            elif is_ray_worker(info["cmdline"] or []):
+                self.worker = max(self.worker, rss)
+                self.workers.add(pid)
         self.total = max(self.total, total)
 
 
@@ -264,38 +277,66 @@ def _parse_summary(stdout: str) -> dict[str, Any] | None:
     return found
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+def reap(pids: set[int], grace: float = 15.0) -> int:
+    """Wait for processes the last run started to exit; kill those that do not. Returns how
+    many had to be killed (a run should leave nothing behind)."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(alive)
+
+
+def timed(cmd: list[str], env: dict[str, str], cluster_pid: int | None = None) -> dict[str, Any]:
     """Run ``cmd`` once; wall time, exit status, peak RSS, output."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    with proc, PeakRSS(proc.pid) as rss:
+    with proc, PeakRSS(proc.pid, cluster_pid) as rss:
         try:
             out, err = proc.communicate()
         except BaseException:  # e.g. Ctrl-C: do not leave the run behind
             proc.kill()
             raise
     wall = time.perf_counter() - t0
+    leftovers = reap(rss.descendants)
+    if leftovers:
+        print(f"    warning: {leftovers} process(es) of this run outlived it; killed them")
     return {
         "wall_s": wall,
         "rc": proc.returncode,
         "driver_rss": rss.driver,
         "worker_rss": rss.worker,
         "total_rss": rss.total,
-        "workers": len(rss.workers_seen),
+        "workers": len(rss.workers),
+        "leftovers": leftovers,
         "stdout": out,
         "stderr": err,
     }
 
 
 def repeat(
-    label: str, cmd: list[str], out: Path, env: dict[str, str], repeats: int, input_bytes: int
+    label: str,
+    cmd: list[str],
+    out: Path,
+    env: dict[str, str],
+    repeats: int,
+    input_bytes: int,
+    cluster_pid: int | None = None,
 ) -> dict[str, Any]:
     """``repeats`` runs of ``cmd`` writing into a fresh ``out``; the median and peaks."""
     runs = []
     for k in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         os.sync()  # no write-back of earlier runs' output during this one
-        r = timed(cmd, env)
+        r = timed(cmd, env, cluster_pid)
         status = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}"
         print(f"  {label} run {k + 1}/{repeats}: {r['wall_s']:.2f} s {status}", flush=True)
         if r["rc"] != 0:
@@ -313,6 +354,7 @@ def repeat(
         "worker_rss": max(r["worker_rss"] for r in runs),
         "total_rss": max(r["total_rss"] for r in runs),
         "workers": max(r["workers"] for r in runs),
+        "leftover_processes": sum(r["leftovers"] for r in runs),
     }
     summaries = [s for r in runs if (s := _parse_summary(r["stdout"]))]
     if summaries:
@@ -345,28 +387,83 @@ def tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def start_cluster(env: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """``ray start --head`` on a free port; returns the address and the env drivers need."""
-    port = free_port()
-    args = "start --head --num-cpus 2 --include-dashboard=false --port {} "
-    args += "--node-ip-address 127.0.0.1 --disable-usage-stats"
-    cmd = [tool("ray"), *args.format(port).split()]
-    print(f"ray: starting a cluster on port {port} ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise RuntimeError(f"ray start failed (exit {proc.returncode}):\n{output[-3000:]}")
-    driver_env = dict(env)
-    # Ray >= 2.5x enables token auth by default; the driver must then present the token that
-    # `ray start` stored (~/.ray/auth_token), which it only does with RAY_AUTH_MODE=token.
-    if "Token authentication is enabled" in output and "RAY_AUTH_MODE" not in env:
-        driver_env["RAY_AUTH_MODE"] = "token"
-    return f"127.0.0.1:{port}", driver_env
+class RayCluster:
+    """A one-node Ray cluster: ``ray start --head --block`` in a child process.
 
+    Stopping it terminates that process, which shuts down exactly the Ray processes it started
+    (``ray stop --force`` would kill every Ray process on the machine, other users' included);
+    anything of ours still alive after that is killed by PID.
+    """
 
-def stop_cluster(env: dict[str, str]) -> None:
-    subprocess.run([tool("ray"), "stop", "--force"], capture_output=True, env=env)
-    print("ray: cluster stopped")
+    def __init__(self, env: dict[str, str], num_cpus: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = tempfile.mkdtemp(prefix="raymerge-bench-ray-")
+        self.cmd = [tool("ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus),
+                    "--include-dashboard=false", "--port", str(self.port),
+                    "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                    "--temp-dir", self.temp_dir]  # fmt: skip
+        self.env = env
+        self.driver_env = dict(env)
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def __enter__(self) -> RayCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 120.0) -> None:
+        print(f"ray: starting a cluster on port {self.port} ...", flush=True)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+        )
+        ready = threading.Event()
+
+        def drain() -> None:  # keep reading, or a full pipe would block Ray
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                if "Ray runtime started" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        ready.wait(timeout)
+        text = "".join(self.output)
+        if "Ray runtime started" not in text:
+            raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
+        # Recent Ray enables token auth by default; a driver then presents the token `ray start`
+        # stored (~/.ray/auth_token) only with RAY_AUTH_MODE=token.
+        if "Token authentication is enabled" in text and "RAY_AUTH_MODE" not in self.env:
+            self.driver_env["RAY_AUTH_MODE"] = "token"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                ours = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                ours = []
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            reap({p.pid for p in ours}, grace=10)
+            self.proc = None
+            print("ray: cluster stopped")
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -459,20 +556,14 @@ def main(argv: list[str] | None = None) -> int:
     raymerge = [tool("raymerge"), "run"]
     flags = ["--overwrite", "--no-progress", "--json"]
     rows: dict[str, dict[str, Any]] = {}
-    try:
-        address, driver_env = start_cluster(env)
+    with RayCluster(env) as cluster:
         for m in methods:
-            cmd = [*raymerge, str(configs[m]), str(workdir / f"out-{m}"), "--address", address]
+            out = workdir / f"out-{m}"
+            cmd = [*raymerge, str(configs[m]), str(out), "--address", cluster.address, *flags]
             rows[f"raymerge {m} (warm)"] = repeat(
-                f"raymerge {m} (warm)",
-                cmd + flags,
-                workdir / f"out-{m}",
-                driver_env,
-                args.repeats,
-                reads[m],
-            )
-    finally:
-        stop_cluster(env)
+                f"raymerge {m} (warm)", cmd, out, cluster.driver_env, args.repeats, reads[m],
+                cluster.pid,
+            )  # fmt: skip
 
     if "linear" in methods:
         out = workdir / "out-linear-cold"
