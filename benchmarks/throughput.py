@@ -366,6 +366,7 @@ def repeat(
             "bytes_read": summaries[0]["bytes_read"],
             "bytes_written": summaries[0]["bytes_written"],
             "peak_worker_rss": max(s["peak_worker_rss"] for s in summaries),
+            "peak_job_memory_planned": summaries[0]["peak_job_memory_planned"],
             "driver_rss": max(s["driver_rss"] for s in summaries),
             "retries": sum(s["retries"] for s in summaries),
         }
@@ -601,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.repeats} run(s); in-run s = raymerge's own wall_s (no interpreter "
         "start-up); read GB/s = input bytes the run reads / wall s; x floor = wall s / floor "
         "wall s;\nRSS = peak resident set polled every 0.1 s: driver process, largest Ray worker, "
-        "sum over the driver's process tree and all Ray workers"
+        "sum over the driver's process tree and the benchmark's Ray cluster"
     )
     print_table(floor, rows)
     if "floor_ok" in targets:

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raymerge.errors import ConfigError
 from raymerge.methods import REGISTRY, MergeMethod
@@ -69,10 +75,24 @@ class InputModel(_Strict):
         return v
 
 
+class SliceSource(_Strict):
+    model: str = Field(description="model reference")
+    layer_range: tuple[int, int] = Field(description="[start, end) layer indices of this model")
+    parameters: dict[str, Any] | None = Field(default=None, description="per-source parameters")
+
+
+class Slice(_Strict):
+    sources: list[SliceSource] = Field(min_length=1, description="models contributing these layers")
+    parameters: dict[str, Any] | None = Field(default=None, description="parameters for this slice")
+
+
 class MergeConfig(_Strict):
     merge_method: str = Field(description="one of the registered merge methods")
     base_model: str | None = Field(default=None, description="base model reference")
-    models: list[InputModel] = Field(min_length=1, description="models to merge")
+    models: list[InputModel] | None = Field(default=None, description="models to merge")
+    slices: list[Slice] | None = Field(
+        default=None, description="output layer ranges (frankenmerges / per-slice merges)"
+    )
     parameters: dict[str, Any] | None = Field(default=None, description="global parameters")
     dtype: str | None = Field(default=None, description="math dtype (fp32 or wider is used)")
     out_dtype: str | None = Field(
@@ -109,19 +129,34 @@ class MergeConfig(_Strict):
     def method(self) -> MergeMethod:
         return REGISTRY[self.merge_method]
 
+    @model_validator(mode="after")
+    def _models_or_slices(self) -> MergeConfig:
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("give exactly one of 'models' or 'slices'")
+        if self.models is not None and not self.models:
+            raise ValueError("'models' is empty")
+        if self.slices is not None and not self.slices:
+            raise ValueError("'slices' is empty")
+        return self
+
     def input_refs(self) -> list[str]:
-        """Unique model references: base first (if any), then models in order."""
-        refs: list[str] = []
-        for r in ([self.base_model] if self.base_model else []) + [m.model for m in self.models]:
-            if r not in refs:
-                refs.append(r)
-        return refs
+        """Unique model references: base first (if any), then the others in order of appearance."""
+        refs: list[str] = [self.base_model] if self.base_model else []
+        if self.models is not None:
+            refs += [m.model for m in self.models]
+        for sl in self.slices or ():
+            refs += [src.model for src in sl.sources]
+        return list(dict.fromkeys(refs))
 
     def merged_models(self) -> list[InputModel]:
         """The models whose tensors the kernel combines (the base is excluded where it is base)."""
+        return self.merged_of(self.models or [])
+
+    def merged_of(self, entries: list[Any]) -> list[Any]:
+        """Of a ``models`` list or a slice's ``sources``: the ones the kernel combines."""
         if self.method.base == "required":
-            return [m for m in self.models if m.model != self.base_model]
-        return list(self.models)
+            return [m for m in entries if m.model != self.base_model]
+        return list(entries)
 
     def hash(self) -> str:
         """Stable hash of everything that determines output bytes (not storage options)."""
@@ -186,8 +221,7 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
 def _parent_fields(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = MergeConfig
     for part in loc[:-1]:
-        if part == "models":
-            model = InputModel
+        model = {"models": InputModel, "slices": Slice, "sources": SliceSource}.get(part, model)
     return list(model.model_fields)
 
 
@@ -224,8 +258,19 @@ def _leaves(value: Any, where: str, problems: list[str]) -> list[Any]:
     return []
 
 
+def groups(cfg: MergeConfig) -> list[tuple[str, list[Any], dict[str, Any] | None]]:
+    """(where, entries, slice parameters) for the models list or for each slice."""
+    if cfg.models is not None:
+        return [("models", list(cfg.models), None)]
+    return [
+        (f"slices[{k}].sources", list(sl.sources), sl.parameters)
+        for k, sl in enumerate(cfg.slices or [])
+    ]
+
+
 def validate_parameters(cfg: MergeConfig) -> list[str]:
-    """Method-specific checks: unknown or misplaced parameters, missing required ones, ranges."""
+    """Method-specific checks: unknown or misplaced parameters, missing required ones, ranges,
+    input counts, layer ranges."""
     method = cfg.method
     problems: list[str] = []
     valid = ", ".join(p.name for p in method.params) or "(none)"
@@ -242,7 +287,7 @@ def validate_parameters(cfg: MergeConfig) -> list[str]:
             if per_model and spec.scope == "global":
                 problems.append(
                     f"{where}.{key}: {key!r} is method-wide for {method.name}; set it under the "
-                    "top-level parameters"
+                    "top-level (or slice) parameters"
                 )
                 continue
             for leaf in _leaves(value, f"{where}.{key}", problems):
@@ -251,73 +296,119 @@ def validate_parameters(cfg: MergeConfig) -> list[str]:
                     problems.append(f"{where}.{key}: {issue}")
 
     check_block(glob, "parameters", per_model=False)
-    for i, m in enumerate(cfg.models):
-        check_block(m.parameters or {}, f"models[{i}].parameters", per_model=True)
-
     if method.base == "required" and not cfg.base_model:
         problems.append(f"base_model: required by {method.name}")
-    if method.base == "required" and not cfg.merged_models():
-        problems.append(f"models: {method.name} needs at least one model besides base_model")
-    for spec in method.params:
-        if not spec.required:
-            continue
-        if spec.scope == "global" and spec.name not in glob:
-            problems.append(f"parameters.{spec.name}: required by {method.name}")
-        if spec.scope == "model" and spec.name not in glob:
-            for i, m in enumerate(cfg.models):
-                if m in cfg.merged_models() and spec.name not in (m.parameters or {}):
+    lo, hi = method.inputs
+    for where, entries, slice_params in groups(cfg):
+        if slice_params:
+            check_block(slice_params, where.removesuffix(".sources") + ".parameters", False)
+        for i, m in enumerate(entries):
+            check_block(m.parameters or {}, f"{where}[{i}].parameters", per_model=True)
+        merged = cfg.merged_of(entries)
+        if len(merged) < lo or (hi is not None and len(merged) > hi):
+            want = (
+                f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            )
+            besides = " besides base_model" if method.base == "required" else ""
+            problems.append(
+                f"{where}: {method.name} takes {want} model(s){besides}, got {len(merged)}: "
+                f"{[m.model for m in merged]}"
+            )
+        if method.base == "required" and cfg.base_model and where.startswith("slices"):
+            if not any(m.model == cfg.base_model for m in entries):
+                problems.append(f"{where}: no source is base_model {cfg.base_model!r}")
+        if where.startswith("slices"):
+            lengths = {m.layer_range[1] - m.layer_range[0] for m in entries}
+            for i, m in enumerate(entries):
+                a, b = m.layer_range
+                if a < 0 or b <= a:
                     problems.append(
-                        f"models[{i}].parameters.{spec.name}: required by {method.name} for "
-                        f"model {m.model!r} (set it per model or in the global parameters)"
+                        f"{where}[{i}].layer_range: [{a}, {b}] is not a non-empty range"
                     )
-    return problems
+            if len(lengths) > 1:
+                problems.append(
+                    f"{where}: layer ranges have different lengths "
+                    f"{[list(m.layer_range) for m in entries]}"
+                )
+        sp = slice_params or {}
+        for spec in method.params:
+            if not spec.required:
+                continue
+            if spec.scope == "global" and spec.name not in glob and spec.name not in sp:
+                problems.append(f"parameters.{spec.name}: required by {method.name}")
+            if spec.scope == "model" and spec.name not in glob and spec.name not in sp:
+                for i, m in enumerate(entries):
+                    if m in merged and spec.name not in (m.parameters or {}):
+                        problems.append(
+                            f"{where}[{i}].parameters.{spec.name}: required by {method.name} "
+                            f"for model {m.model!r} (set it per model or in the global parameters)"
+                        )
+    return list(dict.fromkeys(problems))
 
 
 def evaluate(value: Any, tensor_name: str, t: float) -> Any:
     """Evaluate a parameter value for one tensor (mergekit semantics); None if no filter matched."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        if len(value) == 1:
-            return value[0]
+    if all(isinstance(v, (bool, int, float, str)) for v in value):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return value[int(t * (len(value) - 1))]
         scaled = t * (len(value) - 1)
-        i0 = min(int(math.floor(scaled)), len(value) - 1)
-        i1 = min(i0 + 1, len(value) - 1)
+        i0 = int(scaled)
+        i1 = min(len(value) - 1, i0 + 1)
         frac = scaled - i0
         return (1 - frac) * value[i0] + frac * value[i1]
     for cond in value:
-        if "filter" not in cond or cond["filter"] in tensor_name:
+        filt = cond.get("filter")
+        if filt is None or filt == "*" or filt in tensor_name:
             return evaluate(cond["value"], tensor_name, t)
     return None
 
 
 def layer_position(tensor_name: str, num_layers: int) -> float:
-    """t in [0, 1] for layer tensors; 0 for embeddings, final norm and lm_head (as mergekit)."""
+    """mergekit's t for the models form: i / (L - 1) for layer tensors (1 when L == 1); 0 for
+    embeddings, final norm and lm_head."""
     m = LAYER_RE.search(tensor_name)
-    if not m or num_layers <= 1:
+    if not m:
         return 0.0
+    if num_layers <= 1:
+        return 1.0
     return int(m.group(1)) / (num_layers - 1)
 
 
 def resolve_parameters(
-    cfg: MergeConfig, tensor_name: str, num_layers: int
+    cfg: MergeConfig,
+    tensor_name: str,
+    t: float,
+    entries: list[Any] | None = None,
+    slice_params: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Parameters of one tensor: (method-wide values, one dict per merged model)."""
+    """Parameters of one tensor at layer position ``t``: (method-wide values, one dict per merged
+    entry). Precedence: the entry's own > the slice's > the global parameters > the default."""
     method = cfg.method
-    t = layer_position(tensor_name, num_layers)
-    glob = cfg.parameters or {}
+    merged = cfg.merged_of(entries if entries is not None else (cfg.models or []))
+    layers = [slice_params or {}, cfg.parameters or {}]
+
+    def shared(name: str) -> Any:
+        for block in layers:
+            if name in block:
+                val = evaluate(block[name], tensor_name, t)
+                if val is not None:
+                    return val
+        return None
+
     wide: dict[str, Any] = {}
-    per_model: list[dict[str, Any]] = [{} for _ in cfg.merged_models()]
+    per_model: list[dict[str, Any]] = [{} for _ in merged]
     for spec in method.params:
-        gval = evaluate(glob[spec.name], tensor_name, t) if spec.name in glob else None
+        fallback = shared(spec.name)
         if spec.scope == "global":
-            wide[spec.name] = _typed(spec.type, spec.default if gval is None else gval)
+            wide[spec.name] = _typed(spec.type, spec.default if fallback is None else fallback)
             continue
-        for i, m in enumerate(cfg.merged_models()):
+        for i, m in enumerate(merged):
             own = (m.parameters or {}).get(spec.name)
             val = evaluate(own, tensor_name, t) if own is not None else None
             if val is None:
-                val = gval
+                val = fallback
             if val is None:
                 val = spec.default
             if val is None and spec.required:

@@ -28,8 +28,9 @@ from typing import Any
 import ray
 
 from raymerge.errors import RaymergeError
-from raymerge.job import JobContext, run_job
-from raymerge.plan import Job
+from raymerge.job import JobContext, run_job, run_stats
+from raymerge.methods.base import Stats, combine
+from raymerge.plan import Job, Piece
 
 
 @dataclass
@@ -71,12 +72,18 @@ def connect(opts: ExecOptions) -> bool:
 
 
 @ray.remote
-def _remote_job(job: Job, ctx: JobContext, attempt: int) -> dict[str, Any]:
+def _remote_job(job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    result = run_job(job, ctx, device=device, attempt=attempt)
+    result = run_job(job, ctx, stats, device=device, attempt=attempt)
     result["node"] = ray.get_runtime_context().get_node_id()
     result["host"] = socket.gethostname()
     return result
+
+
+@ray.remote
+def _remote_stats(piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    return {"stats": run_stats(piece, ctx, prev, device=device), "attempt": attempt}
 
 
 def _user_error(exc: BaseException) -> RaymergeError | None:
@@ -84,6 +91,102 @@ def _user_error(exc: BaseException) -> RaymergeError | None:
     if isinstance(cause, RaymergeError):
         return cause
     return exc if isinstance(exc, RaymergeError) else None
+
+
+class _Runner:
+    """Bounded submission with executor-side retries, shared by stats rounds and jobs."""
+
+    def __init__(self, opts: ExecOptions) -> None:
+        resources = ray.cluster_resources()
+        cpus = max(1, int(resources.get("CPU", 1)))
+        gpus = resources.get("GPU", 0)
+        self.num_gpus = (
+            opts.num_gpus_per_job if opts.num_gpus_per_job is not None else (0.5 if gpus else 0)
+        )
+        self.limit = opts.in_flight or 2 * cpus
+        self.max_attempts = opts.max_attempts
+        self.retries = 0
+
+    def run(
+        self,
+        items: list[Any],
+        submit: Callable[[Any, int, dict[str, Any]], ray.ObjectRef],
+        label: Callable[[Any], str],
+        memory: Callable[[Any], int],
+        on_done: Callable[[Any, Any], None],
+    ) -> None:
+        pending: dict[ray.ObjectRef, tuple[Any, int]] = {}
+        queue = list(reversed(items))
+
+        def go(item: Any, attempt: int) -> None:
+            opts = {
+                "num_cpus": 1,
+                "num_gpus": self.num_gpus,
+                "memory": memory(item),
+                "max_retries": 0,
+            }
+            pending[submit(item, attempt, opts)] = (item, attempt)
+
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.limit:
+                    go(queue.pop(), 1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+                for ref in done:
+                    item, attempt = pending.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - classify, then retry or fail
+                        user = _user_error(exc)
+                        if user is not None:
+                            raise user from None
+                        if attempt >= self.max_attempts:
+                            raise RuntimeError(
+                                f"{label(item)} failed {attempt} times; last error: {exc}"
+                            ) from exc
+                        self.retries += 1
+                        print(
+                            f"raymerge: retrying {label(item)} (attempt {attempt + 1}) after "
+                            f"{type(exc).__name__}",
+                            file=sys.stderr,
+                        )
+                        go(item, attempt + 1)
+                        continue
+                    on_done(item, res)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+
+def compute_stats(jobs: list[Job], ctx_ref: Any, runner: _Runner) -> dict[str, list[Stats]]:
+    """Whole-tensor statistics of chunked tensors: one task per chunk and round, reduced here in
+    chunk order (the reduction of :func:`raymerge.methods.base.combine`)."""
+    chunks: dict[str, list[Piece]] = {}
+    for j in jobs:
+        for p in j.pieces:
+            if p.n_chunks > 1 and p.rounds:
+                chunks.setdefault(p.name, []).append(p)
+    stats: dict[str, list[Stats]] = {name: [] for name in chunks}
+    for rnd in range(max((ps[0].rounds for ps in chunks.values()), default=0)):
+        todo = [p for ps in chunks.values() if ps[0].rounds > rnd for p in ps]
+        partials: dict[tuple[str, int], Stats] = {}
+        prev_refs = {name: ray.put(stats[name]) for name in {p.name for p in todo}}
+
+        def submit(p: Piece, attempt: int, o: dict[str, Any], refs=prev_refs) -> ray.ObjectRef:
+            return _remote_stats.options(**o).remote(p, ctx_ref, refs[p.name], attempt)
+
+        def label(p: Piece, r: int = rnd) -> str:
+            return f"statistics of {p.name!r} chunk {p.chunk} (round {r + 1})"
+
+        def keep(p: Piece, res: dict[str, Any], into=partials) -> None:
+            into[(p.name, p.chunk)] = res["stats"]
+
+        runner.run(todo, submit, label, lambda p: p.memory_bytes, keep)
+        for name in {p.name for p in todo}:
+            ordered = [partials[(name, c)] for c in range(len(chunks[name]))]
+            stats[name].append(combine(ordered))
+    return stats
 
 
 def execute(
@@ -94,55 +197,22 @@ def execute(
 ) -> ExecResult:
     """Run every job on the connected cluster; raise on a user error or exhausted retries."""
     t0 = time.perf_counter()
-    resources = ray.cluster_resources()
-    cpus = max(1, int(resources.get("CPU", 1)))
-    gpus = resources.get("GPU", 0)
-    num_gpus = opts.num_gpus_per_job if opts.num_gpus_per_job is not None else (0.5 if gpus else 0)
-    limit = opts.in_flight or 2 * cpus
+    runner = _Runner(opts)
     ctx_ref = ray.put(ctx)
-    pending: dict[ray.ObjectRef, tuple[Job, int]] = {}
-    queue = list(reversed(jobs))
+    stats_ref = ray.put(compute_stats(jobs, ctx_ref, runner))
     results: dict[int, dict[str, Any]] = {}
-    retries = 0
 
-    def submit(job: Job, attempt: int) -> None:
-        ref = _remote_job.options(
-            num_cpus=1, num_gpus=num_gpus, memory=job.memory_bytes, max_retries=0
-        ).remote(job, ctx_ref, attempt)
-        pending[ref] = (job, attempt)
+    def done(job: Job, res: dict[str, Any]) -> None:
+        results[job.id] = res
+        if on_done:
+            on_done(job, res)
 
-    try:
-        while queue or pending:
-            while queue and len(pending) < limit:
-                submit(queue.pop(), 1)
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
-            for ref in done:
-                job, attempt = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - classify, then retry or fail
-                    user = _user_error(exc)
-                    if user is not None:
-                        raise user from None
-                    if attempt >= opts.max_attempts:
-                        raise RuntimeError(
-                            f"job {job.id} (tensors {job.pieces[0].name if job.pieces else '-'}"
-                            f"...) failed {attempt} times; last error: {exc}"
-                        ) from exc
-                    retries += 1
-                    print(
-                        f"raymerge: retrying job {job.id} (attempt {attempt + 1}) after "
-                        f"{type(exc).__name__}",
-                        file=sys.stderr,
-                    )
-                    submit(job, attempt + 1)
-                    continue
-                results[job.id] = res
-                if on_done:
-                    on_done(job, res)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    runner.run(
+        jobs,
+        lambda j, attempt, o: _remote_job.options(**o).remote(j, ctx_ref, stats_ref, attempt),
+        lambda j: f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)",
+        lambda j: j.memory_bytes,
+        done,
+    )
     nodes = sorted({r["node"] for r in results.values()})
-    return ExecResult(results, retries, nodes, time.perf_counter() - t0, False)
+    return ExecResult(results, runner.retries, nodes, time.perf_counter() - t0, False)

@@ -1,9 +1,10 @@
 """The body of one job: range-read its inputs, merge each piece, write its output byte range.
 
-Runs inside a Ray worker but imports no Ray: the executor wraps :func:`run_job` in a task. Every
-input is read straight from storage by the worker and every output byte goes straight to the sink,
-so the driver only sees the small result dict (checksums, timings). Deterministic: the output
-depends only on the job, never on the worker, attempt or timing.
+Runs inside a Ray worker but imports no Ray: the executor wraps :func:`run_job` (and
+:func:`run_stats` for the statistics rounds of chunked tensors) in tasks. Every input is read
+straight from storage by the worker and every output byte goes straight to the sink, so the driver
+only sees small result dicts (checksums, timings, statistics). Deterministic: the output depends
+only on the job, never on the worker, attempt or timing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,9 @@ import xxhash
 from raymerge.errors import InputError
 from raymerge.io.header import DTYPES
 from raymerge.io.reader import decode, read_ranges
-from raymerge.methods import get_method
-from raymerge.plan import Job
+from raymerge.methods import get_method, merge_piece, piece_stats
+from raymerge.methods.base import PieceInfo, Stats
+from raymerge.plan import Job, Piece
 from raymerge.storage import Location
 
 REMOTE_RANGE_BYTES = 32 << 20  # split big remote reads into ranged GETs of this size
@@ -33,8 +36,6 @@ class JobContext:
 
     inputs: tuple[Location, ...]
     method: str
-    base_input: int | None
-    merged_inputs: tuple[int, ...]
     math_dtype: str  # "F32" or "F64"
     headers: tuple[bytes, ...]  # per output shard
     sink: Any
@@ -79,21 +80,94 @@ def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[bytes | byt
     return [p[0] if len(p) == 1 else b"".join(p) for p in joined]
 
 
-def run_job(job: Job, ctx: JobContext, device: str = "cpu", attempt: int = 1) -> dict[str, Any]:
-    """Compute and write one job; return its checksums and timings."""
+def read_pieces(pieces: Sequence[Piece], ctx: JobContext) -> list[list[bytes | bytearray]]:
+    """Raw bytes of every source of every piece, in piece and read order; one batch per input."""
+    wanted: dict[int, list[tuple[int, int, tuple[str, int, int]]]] = {}
+    for pi, p in enumerate(pieces):
+        for k, s in enumerate(p.sources):
+            wanted.setdefault(s.input, []).append((pi, k, (s.file, s.start, s.end)))
+    out: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
+    for i, items in wanted.items():
+        for (pi, k, _), buf in zip(items, fetch(ctx.inputs[i], [r for _, _, r in items])):
+            out[pi][k] = buf
+    return out
+
+
+def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator[torch.Tensor]:
+    math_dtype = DTYPES[ctx.math_dtype][0]
+    for s, data in zip(p.sources, raw):
+        t = decode(data, s.dtype, p.piece_shape)
+        if not ctx.allow_nonfinite and not finite(t):
+            raise InputError(
+                f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
+                "values; pass --allow-nonfinite to merge anyway"
+            )
+        yield t.to(device=device, dtype=math_dtype)
+
+
+def finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``. A float32 sum is NaN/Inf whenever an element is, so one cheap
+    reduction settles the common case; only a non-finite sum (or overflow) gets the full scan."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not
+    inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _split(p: Piece, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    return (tensors[0], tensors[1:]) if p.has_base else (None, tensors)
+
+
+def _info(p: Piece) -> PieceInfo:
+    return PieceInfo(p.name, p.shape, p.elem_start, p.elem_end, p.seed)
+
+
+def run_stats(piece: Piece, ctx: JobContext, prev: list[Stats], device: str = "cpu") -> Stats:
+    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (returned on CPU)."""
+    raw = read_pieces([piece], ctx)[0]
+    base, others = _split(piece, list(_tensors(piece, raw, ctx, device)))
+    params = json.loads(piece.params)
+    prev_dev = [{k: v.to(device) for k, v in st.items()} for st in prev]
+    part = piece_stats(
+        get_method(ctx.method),
+        _info(piece),
+        base,
+        others,
+        params["models"],
+        params["method"],
+        prev_dev,
+    )
+    return {k: v.cpu() for k, v in part.items()}
+
+
+def run_job(
+    job: Job,
+    ctx: JobContext,
+    stats: dict[str, list[Stats]] | None = None,
+    device: str = "cpu",
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """Compute and write one job; return its checksums and timings. ``stats`` holds the reduced
+    statistics of chunked tensors whose method needs whole-tensor statistics."""
     t0 = time.perf_counter()
-    by_input: dict[int, list[tuple[str, int, int]]] = {}
-    for p in job.pieces:
-        for s in p.sources:
-            by_input.setdefault(s.input, []).append((s.file, s.start, s.end))
-    raw: dict[int, list[bytes | bytearray]] = {
-        i: fetch(ctx.inputs[i], rngs) for i, rngs in by_input.items()
-    }
-    cursor = dict.fromkeys(raw, 0)
+    raw = read_pieces(job.pieces, ctx)
     t_read = time.perf_counter() - t0
 
     method = get_method(ctx.method)
-    math_dtype = DTYPES[ctx.math_dtype][0]
     buf = bytearray(job.nbytes)
     view = memoryview(buf)
     if job.part == 1:
@@ -101,22 +175,16 @@ def run_job(job: Job, ctx: JobContext, device: str = "cpu", attempt: int = 1) ->
         view[: len(header)] = header
     checks: list[str] = []
     t1 = time.perf_counter()
-    for p in job.pieces:
-        tensors: dict[int, torch.Tensor] = {}
-        for s in p.sources:
-            data = raw[s.input][cursor[s.input]]
-            cursor[s.input] += 1
-            t = decode(data, s.dtype, p.piece_shape)
-            if not ctx.allow_nonfinite and not bool(torch.isfinite(t).all()):
-                raise InputError(
-                    f"{ctx.inputs[s.input].url}/{s.file}: tensor {p.name!r} holds NaN or Inf "
-                    "values; pass --allow-nonfinite to merge anyway"
-                )
-            tensors[s.input] = t.to(device=device, dtype=math_dtype)
+    for p, p_raw in zip(job.pieces, raw):
+        base, others = _split(p, list(_tensors(p, p_raw, ctx, device)))
         params = json.loads(p.params)
-        base = tensors[ctx.base_input] if ctx.base_input is not None else None
-        merged = method.kernel(
-            base, [tensors[i] for i in ctx.merged_inputs], params["models"], params["method"]
+        tensor_stats = None
+        if p.n_chunks > 1 and p.rounds:
+            tensor_stats = [
+                {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
+            ]
+        merged = merge_piece(
+            method, _info(p), base, others, params["models"], params["method"], tensor_stats
         )
         out = merged.to(dtype=DTYPES[p.out_dtype][0]).reshape(-1).contiguous().cpu()
         lo = p.out_start - job.out_start
@@ -124,7 +192,7 @@ def run_job(job: Job, ctx: JobContext, device: str = "cpu", attempt: int = 1) ->
         if hi > lo:
             view[lo:hi] = out.view(torch.uint8).numpy().data
         checks.append(checksum(view[lo:hi]))
-        del tensors, merged, out
+        del base, others, merged, out
     raw.clear()
     t_compute = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -140,6 +208,6 @@ def run_job(job: Job, ctx: JobContext, device: str = "cpu", attempt: int = 1) ->
         "write_s": t_write,
         "bytes_read": job.bytes_read,
         "bytes_written": job.nbytes,
-        "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_peak": peak_rss(),
         **sink_info,
     }

@@ -24,6 +24,7 @@ CHECKSUM_ALGO = "xxh64"
 SOURCE = pa.struct(
     [
         ("model", pa.string()),
+        ("tensor", pa.string()),
         ("file", pa.string()),
         ("start", pa.int64()),
         ("end", pa.int64()),
@@ -82,6 +83,7 @@ def build_table(
                 "sources": [
                     {
                         "model": refs[s.input],
+                        "tensor": s.tensor,
                         "file": s.file,
                         "start": s.start,
                         "end": s.end,

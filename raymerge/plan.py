@@ -20,16 +20,26 @@ Jobs and pieces are frozen values: they pickle to Ray, hash, and become manifest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raymerge.config import DTYPE_NAMES, MergeConfig, resolve_parameters
+from raymerge.config import (
+    DTYPE_NAMES,
+    LAYER_RE,
+    InputModel,
+    MergeConfig,
+    groups,
+    layer_position,
+    resolve_parameters,
+)
 from raymerge.errors import InputError
 from raymerge.io.header import FLOAT_DTYPES, TORCH_TO_ST, build_header, itemsize
 from raymerge.io.reader import TensorSource
+from raymerge.methods.base import stat_unit
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -45,6 +55,7 @@ class Source:
     """Byte range of one piece in one input file (absolute file offsets)."""
 
     input: int
+    tensor: str
     file: str
     start: int
     end: int
@@ -65,9 +76,12 @@ class Piece:
     out_dtype: str
     out_start: int
     out_end: int
-    sources: tuple[Source, ...]
+    sources: tuple[Source, ...]  # the base first when ``has_base``, then the merged models
+    has_base: bool
     params: str  # JSON: {"method": {...}, "models": [{...}, ...]}
     memory_bytes: int
+    rounds: int  # whole-tensor statistics rounds the method needs for this tensor
+    seed: int
 
     @property
     def nbytes(self) -> int:
@@ -111,9 +125,8 @@ class Plan:
     config_hash: str
     method: str
     inputs: list[str]
-    base_input: int | None
-    merged_inputs: list[int]
     reference_input: int
+    num_hidden_layers: int | None  # of the output, when slices change it
     shards: list[ShardPlan]
     jobs: list[Job]
     tensor_dtypes: dict[str, str]
@@ -148,14 +161,18 @@ def shard_name(i: int, n: int) -> str:
     return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
-def num_layers(layouts: Sequence[dict[str, TensorSource]], config: dict[str, Any] | None) -> int:
-    """Layer count for parameter gradients: config.json's num_hidden_layers, else from names."""
+def num_layers(layout: dict[str, TensorSource], config: dict[str, Any] | None) -> int:
+    """Layer count: config.json's num_hidden_layers, else 1 + the largest layer index in names."""
     if config and isinstance(config.get("num_hidden_layers"), int):
         return config["num_hidden_layers"]
-    from raymerge.config import LAYER_RE
+    idx = [int(m.group(1)) for n in layout if (m := LAYER_RE.search(n))]
+    return max(idx) + 1 if idx else 0
 
-    idx = [int(m.group(1)) for n in layouts[0] if (m := LAYER_RE.search(n))]
-    return max(idx) + 1 if idx else 1
+
+def _problems_error(what: str, problems: list[str]) -> InputError:
+    body = "\n".join(f"  - {p}" for p in problems[:30])
+    more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+    return InputError(f"{what} ({len(problems)} problems):\n{body}{more}")
 
 
 def check_compatible(refs: Sequence[str], layouts: Sequence[dict[str, TensorSource]]) -> None:
@@ -181,11 +198,123 @@ def check_compatible(refs: Sequence[str], layouts: Sequence[dict[str, TensorSour
                     "floating-point tensors only"
                 )
     if problems:
-        body = "\n".join(f"  - {p}" for p in problems[:30])
-        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
-        raise InputError(
-            f"the input models are not compatible ({len(problems)} problems):\n{body}{more}"
-        )
+        raise _problems_error("the input models are not compatible", problems)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One output tensor: which input tensors feed it (the base first when ``has_base``)."""
+
+    name: str
+    reads: tuple[tuple[int, str], ...]
+    has_base: bool
+    t: float
+    group: int  # index into config.groups() for parameter resolution
+
+
+def _reads(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
+    base = cfg.method.base == "required"
+    picked = (
+        [e for e in entries if e.model == cfg.base_model][:1] if base else []
+    ) + cfg.merged_of(entries)
+    return tuple((refs.index(e.model), rename(e)) for e in picked), base
+
+
+def tensor_specs(
+    cfg: MergeConfig,
+    refs: list[str],
+    layouts: Sequence[dict[str, TensorSource]],
+    order: Sequence[str],
+    configs: Sequence[dict[str, Any] | None],
+) -> tuple[list[TensorSpec], int | None]:
+    """Output tensors in output order, and the output layer count when slices set it."""
+    if cfg.models is not None:
+        check_compatible(refs, layouts)
+        L = num_layers(layouts[0], configs[0])
+        entries = list(cfg.models)
+        if cfg.base_model and cfg.method.base == "required":
+            entries = [InputModel(model=cfg.base_model)] + [
+                e for e in entries if e.model != cfg.base_model
+            ]
+        specs = []
+        for name in order:
+            reads, has_base = _reads(cfg, refs, entries, lambda e, n=name: n)
+            specs.append(TensorSpec(name, reads, has_base, layer_position(name, L), 0))
+        return specs, None
+
+    slices = cfg.slices or []
+    templates = list(
+        dict.fromkeys(LAYER_RE.sub(".layers.{}.", n, count=1) for n in order if LAYER_RE.search(n))
+    )
+    templates = [t if not t.startswith(".") else t[1:] for t in templates]
+    plain = [n for n in order if not LAYER_RE.search(n)]
+    pre = [n for n in plain if "embed" in n]
+    post = [n for n in plain if "embed" not in n]
+    problems: list[str] = []
+    for k, sl in enumerate(slices):
+        for i, src in enumerate(sl.sources):
+            idx = refs.index(src.model)
+            have = num_layers(layouts[idx], configs[idx])
+            if src.layer_range[1] > have:
+                problems.append(
+                    f"slices[{k}].sources[{i}].layer_range: {list(src.layer_range)} is out of "
+                    f"bounds for {src.model} ({have} layers)"
+                )
+    if problems:
+        raise _problems_error("invalid layer ranges", problems)
+    specs: list[TensorSpec] = []
+
+    def add(name: str, k: int, t: float, rename) -> None:
+        reads, has_base = _reads(cfg, refs, list(slices[k].sources), rename)
+        specs.append(TensorSpec(name, reads, has_base, t, k))
+
+    for name in pre:
+        add(name, 0, 0.0, lambda e, n=name: n)
+    out_layer = 0
+    for k, sl in enumerate(slices):
+        n = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
+        for idx in range(n):
+            t = idx / (n - 1) if n > 1 else 1.0
+            for tpl in templates:
+                add(
+                    tpl.format(out_layer),
+                    k,
+                    t,
+                    lambda e, tpl=tpl, idx=idx: tpl.format(e.layer_range[0] + idx),
+                )
+            out_layer += 1
+    for name in post:
+        add(name, len(slices) - 1, 0.0, lambda e, n=name: n)
+    for spec in specs:
+        shapes = set()
+        for i, src in spec.reads:
+            if src not in layouts[i]:
+                problems.append(
+                    f"tensor {src!r} (for output {spec.name!r}) is missing in {refs[i]}"
+                )
+            else:
+                shapes.add(layouts[i][src].shape)
+                if layouts[i][src].dtype not in FLOAT_DTYPES:
+                    problems.append(
+                        f"tensor {src!r} in {refs[i]} has dtype {layouts[i][src].dtype}; "
+                        "raymerge merges floating-point tensors only"
+                    )
+        if len(shapes) > 1:
+            problems.append(
+                f"output {spec.name!r}: its inputs have different shapes "
+                f"{sorted(map(list, shapes))}"
+            )
+    if problems:
+        raise _problems_error("the slices do not fit the input models", problems)
+    return specs, out_layer
+
+
+def _bounds(numel: int, unit: int, n_chunks: int) -> list[int]:
+    units = max(1, math.ceil(numel / unit)) if numel else 1
+    n = max(1, min(n_chunks, units))
+    per = math.ceil(units / n)
+    bounds = list(range(0, numel, per * unit)) if numel else [0]
+    return bounds + [numel]
 
 
 def make_plan(
@@ -193,7 +322,7 @@ def make_plan(
     layouts: Sequence[dict[str, TensorSource]],
     order: Sequence[str],
     *,
-    model_config: dict[str, Any] | None = None,
+    model_configs: Sequence[dict[str, Any] | None] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     job_memory: int = DEFAULT_JOB_MEMORY,
     job_bytes: int = DEFAULT_JOB_BYTES,
@@ -207,108 +336,111 @@ def make_plan(
         raise ValueError("one layout per input reference is required")
     if job_memory <= JOB_OVERHEAD_BYTES:
         raise InputError(f"job memory budget {job_memory} must exceed {JOB_OVERHEAD_BYTES} bytes")
-    check_compatible(refs, layouts)
-
-    merged = [refs.index(m.model) for m in cfg.merged_models()]
-    base = refs.index(cfg.base_model) if (cfg.base_model and method.base == "required") else None
-    reads = ([base] if base is not None else []) + merged
-    reference = 0
+    configs = list(model_configs) if model_configs is not None else [None] * len(refs)
+    specs, out_layers = tensor_specs(cfg, refs, layouts, order, configs)
+    grps = groups(cfg)
     math_item = 8 if cfg.dtype and DTYPE_NAMES[cfg.dtype].itemsize == 8 else 4
-    L = num_layers(layouts, model_config)
+    forced = cfg.out_dtype or cfg.dtype
 
-    out_dtypes: dict[str, str] = {}
-    for name in order:
-        forced = cfg.out_dtype or cfg.dtype
-        out_dtypes[name] = (
-            TORCH_TO_ST[DTYPE_NAMES[forced]] if forced else layouts[reference][name].dtype
-        )
+    def src(spec: TensorSpec, k: int = 0) -> TensorSource:
+        i, name = spec.reads[k]
+        return layouts[i][name]
+
+    out_dtypes = {
+        s.name: TORCH_TO_ST[DTYPE_NAMES[forced]] if forced else src(s).dtype for s in specs
+    }
 
     # 1. shards (Hugging Face rule: start a new shard when the next tensor would overflow it)
-    groups: list[list[str]] = [[]]
+    groups_: list[list[TensorSpec]] = [[]]
     filled = 0
-    for name in order:
-        nbytes = math.prod(layouts[reference][name].shape) * itemsize(out_dtypes[name])
-        if groups[-1] and filled + nbytes > shard_size:
-            groups.append([])
+    for spec in specs:
+        nbytes = math.prod(src(spec).shape) * itemsize(out_dtypes[spec.name])
+        if groups_[-1] and filled + nbytes > shard_size:
+            groups_.append([])
             filled = 0
-        groups[-1].append(name)
+        groups_[-1].append(spec)
         filled += nbytes
     shards: list[ShardPlan] = []
-    offsets: dict[str, tuple[int, int, int]] = {}
-    for si, names in enumerate(groups):
-        header, laid = build_header(
-            [(n, out_dtypes[n], layouts[reference][n].shape) for n in names]
-        )
+    offsets: dict[str, tuple[int, int]] = {}
+    for si, members in enumerate(groups_):
+        header, laid = build_header([(s.name, out_dtypes[s.name], src(s).shape) for s in members])
         for e in laid:
-            offsets[e.name] = (si, len(header) + e.begin, len(header) + e.end)
+            offsets[e.name] = (si, len(header) + e.begin)
         size = len(header) + (laid[-1].end if laid else 0)
-        shards.append(ShardPlan(si, shard_name(si, len(groups)), header, size, tuple(names)))
+        shards.append(
+            ShardPlan(
+                si, shard_name(si, len(groups_)), header, size, tuple(s.name for s in members)
+            )
+        )
 
     # 2. pieces
-    in_items = [0] * len(refs)
+    usable = job_memory - JOB_OVERHEAD_BYTES
     shard_pieces: list[list[Piece]] = [[] for _ in shards]
-    for name in order:
-        shape = layouts[reference][name].shape
-        si, out_start, _ = offsets[name]
-        wide, per_model = resolve_parameters(cfg, name, L)
+    for spec in specs:
+        shape = src(spec).shape
+        si, out_start = offsets[spec.name]
+        _, entries, slice_params = grps[spec.group]
+        wide, per_model = resolve_parameters(cfg, spec.name, spec.t, entries, slice_params)
         params = json.dumps({"method": wide, "models": per_model}, sort_keys=True)
-        out_item = itemsize(out_dtypes[name])
-        for i in reads:
-            in_items[i] = itemsize(layouts[i][name].dtype)
+        rounds = len(method.stat_rounds(wide, per_model))
+        row_local = method.row_local(wide)
+        out_item = itemsize(out_dtypes[spec.name])
+        in_items = [itemsize(src(spec, k).dtype) for k in range(len(spec.reads))]
+        n_merged = len(spec.reads) - int(spec.has_base)
+        # raw input bytes + each input in the math dtype + kernel temporaries + result + out buffer
         per_elem = (
-            sum(in_items[i] for i in reads)
-            + method.work_bytes_per_element * math_item // 4
+            sum(in_items)
+            + len(in_items) * math_item
+            + method.work_bytes(n_merged) * math_item // 4
             + 2 * out_item
         )
         numel = math.prod(shape)
-        rows = shape[0] if len(shape) >= 1 else 1
-        row_elems = numel // rows if rows else 0
-        usable = job_memory - JOB_OVERHEAD_BYTES
-        n_chunks = max(
-            1,
-            math.ceil(numel * per_elem / usable),
-            math.ceil(numel * out_item / job_bytes),
-        )
-        if rows and n_chunks <= rows:
-            step_rows = math.ceil(rows / n_chunks)
-            bounds = [r * row_elems for r in range(0, rows, step_rows)] + [numel]
-        else:  # a single row is too big: flat element ranges
-            step = max(1, min(usable // per_elem, job_bytes // out_item))
-            bounds = list(range(0, numel, step)) + [numel] if numel else [0, 0]
+        unit = stat_unit(shape)
+        row = math.prod(shape[1:]) if len(shape) >= 2 else 0
+        n_chunks = math.ceil(numel * per_elem / usable) if numel else 1
+        if not rounds:  # elementwise: also split for parallelism / upload part size
+            n_chunks = max(n_chunks, math.ceil(numel * out_item / job_bytes))
+        if row_local and (len(shape) < 2 or unit != row):
+            n_chunks = 1  # rows must stay whole, and a rank <= 1 tensor is one row
+        bounds = _bounds(numel, unit, n_chunks)
         n = len(bounds) - 1
         for c in range(n):
             e0, e1 = bounds[c], bounds[c + 1]
             if n == 1:
                 pshape = shape
-            elif row_elems and e0 % row_elems == 0 and e1 % row_elems == 0:
-                pshape = ((e1 - e0) // row_elems, *shape[1:])
+            elif row and unit == row:
+                pshape = ((e1 - e0) // row, *shape[1:])
             else:
                 pshape = (e1 - e0,)
             sources = tuple(
                 Source(
                     i,
+                    name,
                     layouts[i][name].file,
-                    layouts[i][name].start + e0 * in_items[i],
-                    layouts[i][name].start + e1 * in_items[i],
+                    layouts[i][name].start + e0 * in_items[k],
+                    layouts[i][name].start + e1 * in_items[k],
                     layouts[i][name].dtype,
                 )
-                for i in reads
+                for k, (i, name) in enumerate(spec.reads)
             )
             shard_pieces[si].append(
                 Piece(
-                    name=name,
+                    name=spec.name,
                     chunk=c,
                     n_chunks=n,
                     shape=shape,
                     piece_shape=pshape,
                     elem_start=e0,
                     elem_end=e1,
-                    out_dtype=out_dtypes[name],
+                    out_dtype=out_dtypes[spec.name],
                     out_start=out_start + e0 * out_item,
                     out_end=out_start + e1 * out_item,
                     sources=sources,
+                    has_base=spec.has_base,
                     params=params,
                     memory_bytes=(e1 - e0) * per_elem,
+                    rounds=rounds,
+                    seed=cfg.random_seed,
                 )
             )
 
@@ -318,11 +450,7 @@ def make_plan(
         packs: list[list[Piece]] = []
         mem = out = 0
         for p in pieces:
-            if (
-                packs
-                and mem + p.memory_bytes <= job_memory - JOB_OVERHEAD_BYTES
-                and out + p.nbytes <= job_bytes
-            ):
+            if packs and mem + p.memory_bytes <= usable and out + p.nbytes <= job_bytes:
                 packs[-1].append(p)
                 mem += p.memory_bytes
                 out += p.nbytes
@@ -355,13 +483,13 @@ def make_plan(
                     memory_bytes=JOB_OVERHEAD_BYTES + sum(p.memory_bytes for p in pack),
                 )
             )
+    run_hash = hashlib.sha256(f"{cfg.hash()}:{shard_size}".encode()).hexdigest()[:16]
     return Plan(
-        config_hash=cfg.hash(),
+        config_hash=run_hash,
         method=method.name,
         inputs=list(refs),
-        base_input=base,
-        merged_inputs=merged,
-        reference_input=reference,
+        reference_input=0,
+        num_hidden_layers=out_layers,
         shards=shards,
         jobs=jobs,
         tensor_dtypes=out_dtypes,
@@ -370,6 +498,5 @@ def make_plan(
             "job_memory": job_memory,
             "job_bytes": job_bytes,
             "min_part_bytes": min_part_bytes,
-            "num_layers": L,
         },
     )

@@ -67,7 +67,8 @@ class Progress:
             eta = (self.total_bytes - self.written) / rate if rate else float("nan")
             print(
                 f"[raymerge] pieces {self.pieces}/{self.total_tensors}"
-                f" | read {fmt_bytes(self.read)} | written {fmt_bytes(self.written)} | {fmt_bytes(rate)}/s | ETA {eta:.0f}s"
+                f" | read {fmt_bytes(self.read)} | written {fmt_bytes(self.written)}"
+                f" | {fmt_bytes(rate)}/s | ETA {eta:.0f}s"
                 f" | retries {self.retries}",
                 file=self.stream,
                 flush=True,

@@ -12,7 +12,6 @@ Order of visibility on the output (nothing looks complete before it is):
 from __future__ import annotations
 
 import json
-import resource
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from raymerge.executor import ExecOptions, connect, execute
 from raymerge.io.header import DTYPES
 from raymerge.io.reader import INDEX_FILE, ModelLayout, read_model
 from raymerge.io.writer import index_json, make_sink, write_json, write_small
-from raymerge.job import JobContext
+from raymerge.job import JobContext, peak_rss
 from raymerge.manifest import build_table, write_manifest
 from raymerge.plan import (
     DEFAULT_JOB_BYTES,
@@ -64,7 +63,7 @@ def build_plan(cfg: MergeConfig, opts: RunOptions) -> tuple[Plan, list[ModelLayo
         cfg,
         [lay.tensors for lay in layouts],
         ref.order,
-        model_config=ref.config,
+        model_configs=[lay.config for lay in layouts],
         shard_size=opts.shard_size,
         job_memory=opts.job_memory,
         job_bytes=opts.job_bytes,
@@ -135,8 +134,6 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
     ctx = JobContext(
         inputs=tuple(lay.location for lay in layouts),
         method=plan.method,
-        base_input=plan.base_input,
-        merged_inputs=tuple(plan.merged_inputs),
         math_dtype="F64" if cfg.dtype in ("float64", "fp64", "double") else "F32",
         headers=tuple(s.header for s in plan.shards),
         sink=sink,
@@ -179,7 +176,7 @@ def _summary(plan: Plan, result: Any, wall: float, run_id: str) -> dict[str, Any
         "write_gbps": written / result.seconds / 1e9 if result.seconds else 0.0,
         "peak_job_memory_planned": max((j.memory_bytes for j in plan.jobs), default=0),
         "peak_worker_rss": max((r.get("rss_peak", 0) for r in result.results.values()), default=0),
-        "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "driver_rss": peak_rss(),
         "retries": result.retries,
         "nodes": len(result.nodes),
     }
@@ -231,6 +228,8 @@ def _finalize(
             dtypes = set(plan.tensor_dtypes.values())
             if len(dtypes) == 1:
                 conf["torch_dtype"] = _torch_dtype_name(dtypes.pop())
+            if plan.num_hidden_layers is not None:
+                conf["num_hidden_layers"] = plan.num_hidden_layers
             data = (json.dumps(conf, indent=2) + "\n").encode()
         write_small(out, name, data)
     write_small(out, "README.md", model_card(public, fingerprints, summary).encode())

@@ -81,3 +81,10 @@ def s3(s3_endpoint):
         "key": "AKIAFAKEKEY0001",
         "secret": "FAKE-SECRET-do-not-log-7f3a",
     }
+
+
+@pytest.fixture(scope="session")
+def wide_family(tmp_path_factory) -> list[str]:
+    """A family whose embeddings (4096 x 64) get chunked under a small --job-memory."""
+    cfg = llama_config(hidden=64, intermediate=172, layers=2, vocab=4096, heads=4, kv_heads=2)
+    return make_family(str(tmp_path_factory.mktemp("wide")), 3, cfg=cfg, n_shards=2)

@@ -9,7 +9,8 @@ import os
 import torch
 from safetensors.torch import load_file
 
-from raymerge.config import MergeConfig, resolve_parameters
+from raymerge.config import MergeConfig, layer_position, resolve_parameters
+from raymerge.methods import merge_whole
 from raymerge.plan import num_layers
 
 
@@ -28,14 +29,17 @@ def reference_merge(
     first = models[cfg.input_refs()[0]]
     conf_path = os.path.join(cfg.input_refs()[0], "config.json")
     conf = json.load(open(conf_path)) if os.path.exists(conf_path) else None
-    L = num_layers([first], conf)
+    L = num_layers(first, conf)
     method = cfg.method
     out = {}
     for name, t in first.items():
-        wide, per = resolve_parameters(cfg, name, L)
+        wide, per = resolve_parameters(cfg, name, layer_position(name, L))
         base = models[cfg.base_model][name].float() if method.base == "required" else None
         xs = [models[m.model][name].float() for m in cfg.merged_models()]
-        out[name] = method.kernel(base, xs, per, wide).to(out_dtype or t.dtype)
+        merged = merge_whole(
+            method.name, base, xs, per, wide, tensor_name=name, seed=cfg.random_seed
+        )
+        out[name] = merged.to(out_dtype or t.dtype)
     return out
 
 

@@ -48,7 +48,7 @@ def test_all_errors_at_once_name_field_value_and_options():
         )
     text = str(ei.value)
     assert len(ei.value.problems) == 4
-    assert "merge_method: unknown merge method 'tiez'; valid: linear, task_arithmetic" in text
+    assert "merge_method: unknown merge method 'tiez'; valid: linear, task_arithmetic, ties" in text
     assert "dtype: unknown dtype 'fp8'; valid: float32" in text
     assert "surprise: unknown key; valid keys: merge_method" in text
     assert "models[0].parametres: unknown key; valid keys: model, parameters" in text
@@ -68,7 +68,7 @@ def test_method_parameter_errors_at_once():
         )
     probs = ei.value.problems
     assert (
-        "models[0].parameters.wieght: unknown parameter for task_arithmetic; valid: weight, normalize, lambda"
+        "models[0].parameters.wieght: unknown parameter for task_arithmetic; valid: weight, normalize, lambda, int8_mask"
         in probs
     )
     assert any(
@@ -90,7 +90,7 @@ def test_missing_weight_is_fine_when_global():
             "parameters": {"weight": 1.0},
         }
     )
-    wide, per = resolve_parameters(cfg, "model.layers.0.mlp.up_proj.weight", 2)
+    wide, per = resolve_parameters(cfg, "model.layers.0.mlp.up_proj.weight", 0.0)
     assert wide == {"normalize": True}
     assert per == [{"weight": 1.0}, {"weight": 1.0}]
 
@@ -135,6 +135,8 @@ def test_yaml_errors(tmp_path):
         ([{"filter": "mlp", "value": 2.0}, {"value": 3.0}], "layers.1.self_attn.q", 0.0, 3.0),
         ([{"filter": "mlp", "value": [0.0, 4.0]}], "layers.1.mlp.up", 0.5, 2.0),
         ([{"filter": "mlp", "value": 2.0}], "attn", 0.0, None),
+        ([{"filter": "*", "value": 2.0}], "attn", 0.0, 2.0),
+        ([True, False], "x", 0.9, True),
     ],
 )
 def test_evaluate(value, name, t, expected):
@@ -150,6 +152,7 @@ def test_layer_position_and_precedence():
     assert layer_position("model.layers.4.mlp.up_proj.weight", 5) == 1.0
     assert layer_position("model.embed_tokens.weight", 5) == 0.0
     assert layer_position("lm_head.weight", 5) == 0.0
+    assert layer_position("model.layers.0.mlp.up_proj.weight", 1) == 1.0  # mergekit: t=1 if L == 1
     cfg = load_config(
         {
             "merge_method": "task_arithmetic",
@@ -158,10 +161,10 @@ def test_layer_position_and_precedence():
             "parameters": {"weight": 0.5, "lambda": [1.0, 2.0]},
         }
     )
-    wide, per = resolve_parameters(cfg, "model.layers.2.mlp.up_proj.weight", 5)
-    assert wide == {"normalize": False, "lambda": 1.5}
+    wide, per = resolve_parameters(cfg, "model.layers.2.mlp.up_proj.weight", 0.5)
+    assert wide == {"normalize": False, "lambda": 1.5, "int8_mask": False}
     assert per == [{"weight": 0.5}, {"weight": 0.5}]
-    wide, per = resolve_parameters(cfg, "lm_head.weight", 5)
+    wide, per = resolve_parameters(cfg, "lm_head.weight", 0.0)
     assert wide["lambda"] == 1.0 and per[0] == {"weight": 0.0}
 
 

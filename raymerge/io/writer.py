@@ -70,6 +70,10 @@ class LocalSink:
                 os.close(fd)
             os.replace(path, os.path.join(self.root, name))
         _fsync_dir(self.root)
+        try:
+            os.rmdir(os.path.join(self.root, STAGING_DIR))
+        except OSError:
+            pass  # not empty: leave it
 
     def abort(self) -> None:
         """Staging files are left for inspection; they never carry a final shard name."""

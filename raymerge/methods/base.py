@@ -1,19 +1,37 @@
-"""The merge-method contract: typed parameter specs and the method record the registry holds.
+"""The merge-method contract: typed parameter specs, piece geometry, and whole-tensor statistics.
 
 A method is a pure function of tensors (already in the math dtype, on the job's device) and
-already-resolved parameters. It never sees files, Ray or fsspec, so it can be tested on tiny
-tensors in milliseconds and run unchanged on CPU or GPU workers.
+already-resolved parameters. It never sees files, Ray or fsspec, so it runs unchanged on tiny test
+tensors, on CPU workers and on GPU workers.
+
+**Chunks.** The planner may hand a kernel only part of a tensor (a *piece*: flat elements
+[elem_start, elem_end) of the row-major tensor, always a whole number of *stat units*). Methods
+declare what they need so that the chunked result equals the unchunked one bit for bit:
+
+- ``row_local(params)``: the result for a row depends only on that row (SLERP, DELLA): pieces are
+  whole rows, and rank <= 1 tensors are never split.
+- ``stat_rounds(params, model_params)``: whole-tensor statistics (TIES/breadcrumbs magnitude
+  thresholds, L1 rescale sums, Model Stock cosines), computed in rounds *before* the kernel. Each
+  round maps a piece to a dict of additive partials: keys starting with ``cat:`` are per-stat-unit
+  vectors concatenated in piece order, every other key is summed. Unchunked tensors go through
+  exactly the same rounds with one piece, so both paths reduce identical numbers in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 
 Scope = Literal["model", "global"]
+Stats = dict[str, torch.Tensor]
+FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
+MAX_ROW_UNIT = 1 << 24
+RNG_BLOCK = 1 << 20  # random streams are generated in globally aligned blocks of this size
 
 
 @dataclass(frozen=True)
@@ -21,7 +39,7 @@ class ParamSpec:
     """One parameter a method accepts.
 
     ``scope="model"`` parameters (``weight``, ``density``) may be set per model and fall back to
-    the global ``parameters`` block (mergekit's tensor parameters); ``scope="global"`` ones
+    the global ``parameters`` block (mergekit's per-input parameters); ``scope="global"`` ones
     (``normalize``, ``lambda``, ``t``) are method-wide and only valid at the top level.
     """
 
@@ -33,6 +51,7 @@ class ParamSpec:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     doc: str = ""
 
     def check(self, value: Any) -> str | None:
@@ -42,47 +61,144 @@ class ParamSpec:
         if self.type in (float, int):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be a number, got {value!r}"
-            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-                return f"must be in {self.range_text()}, got {value!r}"
-            if self.high is not None and value > self.high:
+            lo_bad = self.low is not None and (
+                value < self.low or (self.low_open and value == self.low)
+            )
+            hi_bad = self.high is not None and (
+                value > self.high or (self.high_open and value == self.high)
+            )
+            if lo_bad or hi_bad:
                 return f"must be in {self.range_text()}, got {value!r}"
         return None
 
     def range_text(self) -> str:
         lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{lo}{low}, {high}]"
+        return f"{lo}{low}, {high}{hi}"
 
 
-class Kernel(Protocol):
-    def __call__(
-        self,
-        base: torch.Tensor | None,
-        tensors: Sequence[torch.Tensor],
-        model_params: Sequence[dict[str, Any]],
-        params: dict[str, Any],
-    ) -> torch.Tensor: ...
+@dataclass(frozen=True)
+class PieceInfo:
+    """Where a piece sits in its tensor; what chunk-invariant statistics and randomness need."""
+
+    name: str
+    shape: tuple[int, ...]
+    elem_start: int
+    elem_end: int
+    seed: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def unit(self) -> int:
+        return stat_unit(self.shape)
+
+    @classmethod
+    def whole(cls, name: str, shape: tuple[int, ...], seed: int = 0) -> PieceInfo:
+        return cls(name, tuple(shape), 0, math.prod(shape), seed)
+
+
+def stat_unit(shape: Sequence[int]) -> int:
+    """Elements per stat unit: a row for matrices with moderate rows, else a fixed flat block.
+
+    A function of the shape alone, so every chunking of a tensor sees the same units.
+    """
+    if len(shape) >= 2 and shape[0] > 0:
+        row = math.prod(shape[1:])
+        if 0 < row <= MAX_ROW_UNIT:
+            return row
+    return FLAT_UNIT
+
+
+def unit_sums(x: torch.Tensor, unit: int) -> torch.Tensor:
+    """Float64 sums of consecutive ``unit``-element blocks of flattened ``x`` (last may be short)."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    full = n // unit * unit
+    parts = []
+    if full:
+        parts.append(flat[:full].reshape(-1, unit).sum(dim=1, dtype=torch.float64))
+    if n > full:
+        parts.append(flat[full:].sum(dtype=torch.float64).reshape(1))
+    if not parts:
+        return torch.zeros(0, dtype=torch.float64, device=x.device)
+    return torch.cat(parts)
+
+
+def combine(partials: Sequence[Stats]) -> Stats:
+    """Reduce per-piece partials (in piece order): ``cat:`` keys concatenate, others sum."""
+    out: Stats = {}
+    for key in partials[0]:
+        vals = [p[key] for p in partials]
+        out[key] = torch.cat(vals) if key.startswith("cat:") else torch.stack(vals).sum(dim=0)
+    return out
+
+
+def uniform(info: PieceInfo, stream: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform [0, 1) numbers for the piece's elements, from a stream keyed by (seed, tensor name,
+    ``stream``, global block). The same element gets the same number however the tensor is
+    chunked, on any worker, in any attempt."""
+    lo, hi = info.elem_start, info.elem_end
+    out = torch.empty(hi - lo, dtype=torch.float32)
+    pos = lo
+    while pos < hi:
+        block = pos // RNG_BLOCK
+        b0 = block * RNG_BLOCK
+        b1 = min(b0 + RNG_BLOCK, info.numel)
+        key = f"{info.seed}\0{info.name}\0{stream}\0{block}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        g = torch.Generator().manual_seed(seed)
+        vals = torch.rand(b1 - b0, generator=g)
+        take = min(hi, b1) - pos
+        out[pos - lo : pos - lo + take] = vals[pos - b0 : pos - b0 + take]
+        pos += take
+    return out.to(device)
+
+
+StatRound = Callable[..., Stats]
+
+
+def _no_rounds(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> tuple:
+    return ()
+
+
+def _not_row_local(params: dict[str, Any]) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method.
 
-    ``base``: whether the method needs ``base_model`` ("required"), or ignores it ("ignored";
-    like mergekit's linear, which averages only the listed models).
-    ``work_bytes_per_element``: fp32 temporaries per output element beyond the raw inputs and the
-    output itself, for the planner's memory estimate.
+    ``kernel(base, tensors, model_params, params, *, info, stats)`` returns the merged piece in the
+    math dtype. ``base``: "required" (the kernel gets the base model's tensor; the base is not one
+    of ``tensors``), "ignored" (like mergekit's linear, only the listed models are combined).
+    ``inputs``: (min, max) number of merged models besides the base (max None = unbounded).
+    ``work_fixed`` / ``work_per_input``: bytes of temporaries per output element, for the
+    planner's memory estimate.
     """
 
     name: str
     kernel: Callable[..., torch.Tensor]
     params: tuple[ParamSpec, ...]
     base: Literal["required", "ignored"]
-    work_bytes_per_element: int
+    work_fixed: int
+    work_per_input: int
     reference: str
     doc: str = ""
+    inputs: tuple[int, int | None] = (1, None)
+    stat_rounds: Callable[[dict[str, Any], Sequence[dict[str, Any]]], tuple[StatRound, ...]] = (
+        _no_rounds
+    )
+    row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def work_bytes(self, n_inputs: int) -> int:
+        return self.work_fixed + self.work_per_input * n_inputs

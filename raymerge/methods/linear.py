@@ -23,12 +23,13 @@ def linear(
     tensors: Sequence[torch.Tensor],
     model_params: Sequence[dict[str, Any]],
     params: dict[str, Any],
+    **_: Any,
 ) -> torch.Tensor:
     """Weighted sum of ``tensors``; normalised by the weight sum when ``params['normalize']``."""
     del base  # linear averages the listed models only, like mergekit
     weights = [float(p["weight"]) for p in model_params]
-    acc = torch.mul(tensors[0], weights[0])
-    for x, w in zip(tensors[1:], weights[1:]):
+    acc = torch.zeros_like(tensors[0])
+    for x, w in zip(tensors, weights):
         acc.add_(x, alpha=w)
     if params["normalize"]:
         total = sum(weights)
@@ -46,7 +47,8 @@ LINEAR = MergeMethod(
         ParamSpec("normalize", bool, "global", default=True, doc="divide by the sum of weights"),
     ),
     base="ignored",
-    work_bytes_per_element=8,
+    work_fixed=8,
+    work_per_input=0,
     reference="https://arxiv.org/abs/2203.05482",
     doc="weighted average of the models",
 )

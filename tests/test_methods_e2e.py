@@ -1,0 +1,220 @@
+"""Every method end to end through Ray: equal to the in-process reference, chunk-invariant through
+the distributed statistics rounds, slices and frankenmerges, config errors for each method."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raymerge.cli import main
+from raymerge.config import load_config
+from tests.helpers import load_model, reference_merge, shard_bytes
+
+pytestmark = pytest.mark.integration
+
+METHOD_CONFIGS = {
+    "ties": {"parameters": {"density": 0.3, "weight": 1.0}},
+    "dare_ties": {"parameters": {"density": 0.5, "weight": [0.5, 1.0]}},
+    "dare_linear": {"parameters": {"density": 0.6, "weight": 0.5}},
+    "breadcrumbs_ties": {"parameters": {"density": 0.6, "gamma": 0.05, "weight": 1.0}},
+    "della": {"parameters": {"density": 0.5, "epsilon": 0.1, "weight": 1.0}},
+    "model_stock": {},
+    "slerp": {"parameters": {"t": [0.0, 0.5, 1.0]}},
+}
+
+
+def cfg_for(method: str, fam: list[str], tmp_path) -> str:
+    base, *fts = fam
+    n = 1 if method == "slerp" else len(fts)
+    cfg = {
+        "merge_method": method,
+        "base_model": base,
+        "random_seed": 7,
+        "models": [{"model": m} for m in fts[:n]],
+        **METHOD_CONFIGS[method],
+    }
+    p = tmp_path / f"{method}.json"
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
+def test_method_through_ray_equals_reference_and_chunking_changes_nothing(
+    method, tmp_path, wide_family, ray_session, capsys
+):
+    path = cfg_for(method, wide_family, tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", path, str(a), "--no-progress"]) == 0, capsys.readouterr().err
+    expected = reference_merge(load_config(path))
+    got = load_model(str(a))
+    for name, t in expected.items():
+        assert torch.equal(got[name], t), name
+    rc = main(
+        ["run", path, str(b), "--no-progress", "--job-memory", "34MiB", "--job-bytes", "64KiB"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    rows = pq.read_table(b / "manifest.parquet").to_pylist()
+    emb = [r for r in rows if r["name"] == "model.embed_tokens.weight"]
+    assert len(emb) > 2  # really chunked (and, for whole-tensor methods, reduced across chunks)
+    assert shard_bytes(str(a)) == shard_bytes(str(b))
+
+
+def test_frankenmerge_with_slices(tmp_path, family, ray_session, capsys):
+    base, ft1, _ = family
+    cfg = {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": base, "layer_range": [0, 2]}]},
+            {"sources": [{"model": ft1, "layer_range": [1, 3]}]},
+        ],
+        "dtype": "float32",
+    }
+    p = tmp_path / "frank.json"
+    p.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(p), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    got = load_model(str(out))
+    b, f = load_model(base), load_model(ft1)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+    assert torch.equal(
+        got["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"].float()
+    )
+    assert torch.equal(
+        got["model.layers.2.mlp.up_proj.weight"], f["model.layers.1.mlp.up_proj.weight"].float()
+    )
+    assert torch.equal(
+        got["model.layers.3.self_attn.q_proj.weight"],
+        f["model.layers.2.self_attn.q_proj.weight"].float(),
+    )
+    assert torch.equal(got["model.embed_tokens.weight"], b["model.embed_tokens.weight"].float())
+    assert torch.equal(got["lm_head.weight"], f["lm_head.weight"].float())
+    assert not any(k.startswith("model.layers.4.") for k in got)
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.config.num_hidden_layers == 4
+
+
+def test_slerp_over_slices_with_base(tmp_path, family, ray_session, capsys):
+    base, ft1, _ = family
+    cfg = {
+        "merge_method": "slerp",
+        "base_model": base,
+        "slices": [
+            {
+                "sources": [
+                    {"model": base, "layer_range": [0, 3]},
+                    {"model": ft1, "layer_range": [0, 3]},
+                ]
+            }
+        ],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0, 1]}, {"value": 0.5}]},
+    }
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(p), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    got, b, f = load_model(str(out)), load_model(base), load_model(ft1)
+    # t = 0 on layer 0's attention gives the base; t = 1 on the last layer gives the other model
+    assert torch.equal(
+        got["model.layers.0.self_attn.q_proj.weight"], b["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.allclose(
+        got["model.layers.2.self_attn.q_proj.weight"].float(),
+        f["model.layers.2.self_attn.q_proj.weight"].float(),
+        atol=1e-2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (
+            {
+                "merge_method": "slerp",
+                "models": ["A", "B"],
+                "base_model": "BASE",
+                "parameters": {"t": 0.5},
+            },
+            "models: slerp takes exactly 1 model(s) besides base_model, got 2",
+        ),
+        (
+            {"merge_method": "slerp", "models": ["A"], "base_model": "BASE"},
+            "parameters.t: required by slerp",
+        ),
+        (
+            {
+                "merge_method": "ties",
+                "models": ["A"],
+                "base_model": "BASE",
+                "parameters": {"weight": 1, "density": 1.5},
+            },
+            "parameters.density: must be in (0, 1], got 1.5",
+        ),
+        (
+            {
+                "merge_method": "ties",
+                "models": ["A"],
+                "base_model": "BASE",
+                "parameters": {"weight": 1, "t": 0.5},
+            },
+            "parameters.t: unknown parameter for ties; valid: weight, normalize, lambda, int8_mask, density, rescale",
+        ),
+        (
+            {"merge_method": "model_stock", "models": ["A"], "base_model": "BASE"},
+            "models: model_stock takes at least 2 model(s) besides base_model, got 1",
+        ),
+        (
+            {
+                "merge_method": "passthrough",
+                "slices": [
+                    {
+                        "sources": [
+                            {"model": "A", "layer_range": [0, 2]},
+                            {"model": "B", "layer_range": [0, 3]},
+                        ]
+                    }
+                ],
+            },
+            "slices[0].sources: layer ranges have different lengths [[0, 2], [0, 3]]",
+        ),
+        (
+            {
+                "merge_method": "linear",
+                "models": ["A"],
+                "slices": [{"sources": [{"model": "A", "layer_range": [0, 1]}]}],
+            },
+            "give exactly one of 'models' or 'slices'",
+        ),
+    ],
+)
+def test_method_config_errors(tmp_path, capsys, cfg, expected):
+    if cfg.get("models"):
+        cfg["models"] = [
+            {
+                "model": m,
+                **({"parameters": {"weight": 1.0}} if cfg["merge_method"] == "linear" else {}),
+            }
+            for m in cfg["models"]
+        ]
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    rc = main(["plan", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err, err
+
+
+def test_layer_range_out_of_bounds(tmp_path, family, capsys):
+    cfg = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": family[0], "layer_range": [2, 5]}]}],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    rc = main(["plan", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "layer_range: [2, 5] is out of bounds" in err and "(3 layers)" in err
+    assert not os.path.exists(tmp_path / "out")
