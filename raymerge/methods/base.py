@@ -115,7 +115,7 @@ def stat_unit(shape: Sequence[int]) -> int:
 
 
 def unit_sums(x: torch.Tensor, unit: int) -> torch.Tensor:
-    """Float64 sums of consecutive ``unit``-element blocks of flattened ``x`` (last may be short)."""
+    """Float64 sums of consecutive ``unit``-element blocks of flat ``x`` (the last may be short)."""
     flat = x.reshape(-1)
     n = flat.numel()
     full = n // unit * unit

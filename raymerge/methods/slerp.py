@@ -4,10 +4,10 @@ Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985; popularise
 merging by mergekit. Reference: https://en.wikipedia.org/wiki/Slerp (mergekit cites the same).
 
 As mergekit 0.1.5 does, interpolation is per output row: each row (leading axis; a 1-D tensor is
-one value per row) is flattened, both rows are normalised, and with dot = <a/|a|, b/|b|> clamped to
-[-1, 1]: if |dot| > 0.9995 the rows are lerped, else
-result = sin((1-t)θ)/sinθ · a + sin(tθ)/sinθ · b with θ = acos(dot), on the raw (unnormalised) rows. ``t = 0`` gives the base. Row-local, so chunks
-of whole rows give the same result as the whole tensor.
+one value per row) is flattened and both rows are normalised. With dot = <a/|a|, b/|b|> clamped
+to [-1, 1]: if |dot| > 0.9995 the rows are lerped, else
+result = sin((1-t)θ)/sinθ · a + sin(tθ)/sinθ · b with θ = acos(dot), on the raw rows.
+``t = 0`` gives the base. Row-local, so chunks of whole rows give the whole-tensor result.
 """
 
 from __future__ import annotations
