@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="reuse an OUT holding another run")
     run.add_argument("--allow-nonfinite", action="store_true", help="merge inputs holding NaN/Inf")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
+    run.add_argument(
+        "--ledger-interval",
+        type=float,
+        default=2.0,
+        help="seconds between ledger flushes; a resumed run redoes at most this much",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     plan = sub.add_parser("plan", help="show what a run would do (reads headers only)")
     _common(plan)
@@ -101,6 +107,7 @@ def _run_options(args: argparse.Namespace):
         job_bytes=args.job_bytes,
         overwrite=getattr(args, "overwrite", False),
         allow_nonfinite=getattr(args, "allow_nonfinite", False),
+        ledger_interval=getattr(args, "ledger_interval", 2.0),
         execution=ExecOptions(
             address=getattr(args, "address", None),
             num_cpus=getattr(args, "num_cpus", None),

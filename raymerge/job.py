@@ -10,18 +10,20 @@ only on the job, never on the worker, attempt or timing.
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import xxhash
 
 from raymerge.errors import InputError
 from raymerge.io.header import DTYPES
 from raymerge.io.reader import decode, read_ranges
+from raymerge.io.writer import checksum
 from raymerge.methods import get_method, merge_piece, piece_stats
 from raymerge.methods.base import PieceInfo, Stats
 from raymerge.plan import Job, Piece
@@ -40,11 +42,7 @@ class JobContext:
     headers: tuple[bytes, ...]  # per output shard
     sink: Any
     allow_nonfinite: bool = False
-
-
-def checksum(data: bytes | memoryview) -> str:
-    """xxHash64 of written bytes, hex; the manifest's checksum."""
-    return xxhash.xxh64(data).hexdigest()
+    fault_marker: str | None = None  # chaos testing, see _inject_fault
 
 
 def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[bytes | bytearray]:
@@ -154,6 +152,23 @@ def run_stats(piece: Piece, ctx: JobContext, prev: list[Stats], device: str = "c
     return {k: v.cpu() for k, v in part.items()}
 
 
+FAULT_ENV = "RAYMERGE_FAULT_KILL_ONCE"
+
+
+def _inject_fault(job: Job, marker: str | None) -> None:
+    """Chaos hook: when the driver runs with ``RAYMERGE_FAULT_KILL_ONCE=/path/marker``, the first
+    job to create the marker file SIGKILLs its own worker mid-task (fault-tolerance tests)."""
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(job.id).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_job(
     job: Job,
     ctx: JobContext,
@@ -165,6 +180,7 @@ def run_job(
     statistics of chunked tensors whose method needs whole-tensor statistics."""
     t0 = time.perf_counter()
     raw = read_pieces(job.pieces, ctx)
+    _inject_fault(job, ctx.fault_marker)
     t_read = time.perf_counter() - t0
 
     method = get_method(ctx.method)

@@ -91,7 +91,7 @@ def build_table(
                     }
                     for s in p.sources
                 ],
-                "status": "done",
+                "status": "reused" if res.get("reused") else "done",
                 "job": job.id,
                 "attempt": res["attempt"],
                 "node": res.get("node", ""),

@@ -12,6 +12,8 @@ Order of visibility on the output (nothing looks complete before it is):
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,13 +26,15 @@ from raymerge.executor import ExecOptions, connect, execute
 from raymerge.io.header import DTYPES
 from raymerge.io.reader import INDEX_FILE, ModelLayout, read_model
 from raymerge.io.writer import index_json, make_sink, write_json, write_small
-from raymerge.job import JobContext, peak_rss
+from raymerge.job import FAULT_ENV, JobContext, peak_rss
+from raymerge.ledger import Ledger, plan_hash
 from raymerge.manifest import build_table, write_manifest
 from raymerge.plan import (
     DEFAULT_JOB_BYTES,
     DEFAULT_JOB_MEMORY,
     DEFAULT_SHARD_SIZE,
     MIN_PART_BYTES,
+    Job,
     Plan,
     make_plan,
 )
@@ -38,6 +42,7 @@ from raymerge.progress import Progress, fmt_bytes
 from raymerge.storage import Location, redact_url, resolve
 
 RUN_FILE = ".raymerge/run.json"
+DRIVER_FAULT_ENV = "RAYMERGE_FAULT_KILL_DRIVER_AFTER"  # chaos testing: SIGKILL after N jobs
 SUCCESS = "_SUCCESS"
 
 
@@ -48,6 +53,7 @@ class RunOptions:
     job_bytes: int = DEFAULT_JOB_BYTES
     overwrite: bool = False
     allow_nonfinite: bool = False
+    ledger_interval: float = 2.0  # seconds between ledger flushes (resume granularity)
     execution: ExecOptions = field(default_factory=ExecOptions)
 
 
@@ -56,7 +62,11 @@ def load_inputs(cfg: MergeConfig) -> list[ModelLayout]:
     return [read_model(ref, resolve(ref, cfg.storage_options)) for ref in cfg.input_refs()]
 
 
-def build_plan(cfg: MergeConfig, opts: RunOptions) -> tuple[Plan, list[ModelLayout]]:
+def build_plan(
+    cfg: MergeConfig, opts: RunOptions, min_part_bytes: int = MIN_PART_BYTES
+) -> tuple[Plan, list[ModelLayout]]:
+    """Read headers and plan. ``min_part_bytes``: smallest job (S3 part) but a shard's last;
+    0 for local outputs, which have no such limit."""
     layouts = load_inputs(cfg)
     ref = layouts[0]
     plan = make_plan(
@@ -67,13 +77,20 @@ def build_plan(cfg: MergeConfig, opts: RunOptions) -> tuple[Plan, list[ModelLayo
         shard_size=opts.shard_size,
         job_memory=opts.job_memory,
         job_bytes=opts.job_bytes,
-        min_part_bytes=MIN_PART_BYTES,
+        min_part_bytes=min_part_bytes,
     )
     return plan, layouts
 
 
-def _claim_output(out: Location, run_hash: str, overwrite: bool) -> str:
-    """Refuse an OUT that holds something else; record this run; return the run id."""
+@dataclass
+class Claim:
+    run_id: str
+    resume: bool  # same config and job layout as the interrupted run in OUT: try to keep its work
+    complete: dict[str, Any] | None  # _SUCCESS of an identical finished run
+
+
+def _claim_output(out: Location, run_hash: str, layout: str, overwrite: bool) -> Claim:
+    """Refuse an OUT that holds something else; record this run; say what may be resumed."""
     fs = out.fs
     try:
         if not out.is_local:
@@ -84,9 +101,9 @@ def _claim_output(out: Location, run_hash: str, overwrite: bool) -> str:
         if exists and not fs.isdir(out.path):
             raise OutputError(f"{out.url}: exists and is not a folder")
         entries = fs.ls(out.path, detail=False) if exists else []
+        run_path = out.child(RUN_FILE).path
+        prev = json.loads(fs.cat_file(run_path)) if entries and fs.exists(run_path) else None
         if entries and not overwrite:
-            run_path = out.child(RUN_FILE).path
-            prev = json.loads(fs.cat_file(run_path)) if fs.exists(run_path) else None
             if prev is None:
                 raise OutputError(
                     f"{out.url}: is not empty and holds no raymerge run; choose an empty "
@@ -97,20 +114,26 @@ def _claim_output(out: Location, run_hash: str, overwrite: bool) -> str:
                     f"{out.url}: holds a run of a different config (hash {prev.get('config_hash')}"
                     f", this config {run_hash}); choose another folder or pass --overwrite"
                 )
-        if fs.exists(out.child(SUCCESS).path):
-            fs.rm(out.child(SUCCESS).path)
+        success = out.child(SUCCESS).path
+        same = bool(prev) and prev.get("config_hash") == run_hash and not overwrite
+        if same and fs.exists(success):
+            return Claim(prev.get("run_id", ""), False, json.loads(fs.cat_file(success)))
+        if fs.exists(success):
+            fs.rm(success)
+        resume = same and prev.get("plan_hash") == layout
         run_id = uuid.uuid4().hex[:12]
         write_json(
             out,
             RUN_FILE,
             {
                 "config_hash": run_hash,
+                "plan_hash": layout,
                 "run_id": run_id,
                 "raymerge": __version__,
                 "started": time.time(),
             },
         )
-        return run_id
+        return Claim(run_id, resume, None)
     except PermissionError as exc:
         raise OutputError(
             f"{out.url}: not writable ({exc.strerror or type(exc).__name__})"
@@ -122,15 +145,33 @@ def _claim_output(out: Location, run_hash: str, overwrite: bool) -> str:
 
 
 def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any]:
-    """Merge ``cfg`` into ``out_url``; returns the run summary."""
+    """Merge ``cfg`` into ``out_url``; returns the run summary.
+
+    Rerunning the same command resumes: an identical finished run is left as it is; an
+    interrupted one keeps every job whose stored bytes still match the ledger and recomputes
+    the rest.
+    """
     t_start = time.perf_counter()
-    plan, layouts = build_plan(cfg, opts)  # all input validation happens here, before any data
     out = resolve(out_url, cfg.storage_options)
+    # all input validation happens here, before any tensor data is read
+    plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
     sink = make_sink(out, plan.shards, plan.jobs)
-    run_id = _claim_output(out, plan.config_hash, opts.overwrite)
+    layout = plan_hash(plan)
+    claim = _claim_output(out, plan.config_hash, layout, opts.overwrite)
+    if claim.complete is not None:
+        summary = dict(claim.complete.get("summary", {}))
+        summary.update(already_complete=True, wall_s=time.perf_counter() - t_start)
+        return summary
+    ledger = Ledger(out, layout, interval=opts.ledger_interval)
+    records = ledger.load() if claim.resume else {}
+    if not claim.resume:
+        ledger.clear()
+        sink.discard()
     started_ray = connect(opts.execution)
-    progress = Progress(plan.jobs, enabled=opts.execution.progress)
-    sink.prepare()
+    sink.prepare(resume=claim.resume)
+    kept = sink.kept(plan.jobs, records, [len(s.header) for s in plan.shards]) if records else set()
+    todo = [j for j in plan.jobs if j.id not in kept]
+    progress = Progress(todo, enabled=opts.execution.progress)
     ctx = JobContext(
         inputs=tuple(lay.location for lay in layouts),
         method=plan.method,
@@ -138,18 +179,30 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
         headers=tuple(s.header for s in plan.shards),
         sink=sink,
         allow_nonfinite=opts.allow_nonfinite,
+        fault_marker=os.environ.get(FAULT_ENV) or None,
     )
+
+    kill_after = int(os.environ.get(DRIVER_FAULT_ENV) or 0)
+
+    def done(job: Job, res: dict[str, Any]) -> None:
+        progress.update(job, res)
+        ledger.record(res)
+        if kill_after and progress.pieces and len(ledger.recorded) >= kill_after:
+            ledger.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # chaos testing: a driver crash mid-run
+
     try:
-        result = execute(plan.jobs, ctx, opts.execution, on_done=progress.update)
-        sink.commit(result.results, plan.jobs)
-    except BaseException:
-        sink.abort()
-        raise
+        result = execute(todo, ctx, opts.execution, on_done=done)
     finally:
         progress.close()
-    wall = time.perf_counter() - t_start
-    summary = _summary(plan, result, wall, run_id)
-    _finalize(cfg, out, plan, layouts, result.results, summary, run_id)
+        ledger.flush()
+    results = {j: dict(records[j], reused=True) for j in kept}
+    results.update(result.results)
+    sink.commit(results, plan.jobs)
+    summary = _summary(plan, result, results, time.perf_counter() - t_start, claim.run_id)
+    summary["reused_jobs"] = len(kept)
+    _finalize(cfg, out, plan, layouts, results, summary, claim.run_id)
+    ledger.clear()
     summary["wall_s"] = time.perf_counter() - t_start
     if started_ray:
         import ray
@@ -158,7 +211,9 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
     return summary
 
 
-def _summary(plan: Plan, result: Any, wall: float, run_id: str) -> dict[str, Any]:
+def _summary(
+    plan: Plan, result: Any, results: dict[int, dict[str, Any]], wall: float, run_id: str
+) -> dict[str, Any]:
     read = sum(r["bytes_read"] for r in result.results.values())
     written = sum(s.size for s in plan.shards)
     return {
@@ -175,7 +230,7 @@ def _summary(plan: Plan, result: Any, wall: float, run_id: str) -> dict[str, Any
         "read_gbps": read / result.seconds / 1e9 if result.seconds else 0.0,
         "write_gbps": written / result.seconds / 1e9 if result.seconds else 0.0,
         "peak_job_memory_planned": max((j.memory_bytes for j in plan.jobs), default=0),
-        "peak_worker_rss": max((r.get("rss_peak", 0) for r in result.results.values()), default=0),
+        "peak_worker_rss": max((r.get("rss_peak", 0) for r in results.values()), default=0),
         "driver_rss": peak_rss(),
         "retries": result.retries,
         "nodes": len(result.nodes),

@@ -15,7 +15,8 @@ from typing import Any
 
 from raymerge.errors import InputError, VerifyError
 from raymerge.io.reader import INDEX_FILE, read_headers
-from raymerge.job import checksum, fetch
+from raymerge.io.writer import checksum
+from raymerge.job import fetch
 from raymerge.manifest import MANIFEST, read_manifest
 from raymerge.runner import SUCCESS
 from raymerge.storage import Location

@@ -68,7 +68,7 @@ def test_method_parameter_errors_at_once():
         )
     probs = ei.value.problems
     assert (
-        "models[0].parameters.wieght: unknown parameter for task_arithmetic; valid: weight, normalize, lambda, int8_mask"
+        "models[0].parameters.wieght: unknown parameter for task_arithmetic; valid: weight, normalize, lambda, int8_mask, density, rescale"
         in probs
     )
     assert any(
@@ -162,10 +162,10 @@ def test_layer_position_and_precedence():
         }
     )
     wide, per = resolve_parameters(cfg, "model.layers.2.mlp.up_proj.weight", 0.5)
-    assert wide == {"normalize": False, "lambda": 1.5, "int8_mask": False}
-    assert per == [{"weight": 0.5}, {"weight": 0.5}]
+    assert wide == {"normalize": False, "lambda": 1.5, "int8_mask": False, "rescale": False}
+    assert per == [{"weight": 0.5, "density": 1.0}, {"weight": 0.5, "density": 1.0}]
     wide, per = resolve_parameters(cfg, "lm_head.weight", 0.0)
-    assert wide["lambda"] == 1.0 and per[0] == {"weight": 0.0}
+    assert wide["lambda"] == 1.0 and per[0]["weight"] == 0.0
 
 
 def test_hash_ignores_storage_options_and_redacts():

@@ -108,13 +108,15 @@ def test_breadcrumbs_exact():
 
 
 def test_slerp_exact():
-    a = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
-    b = torch.tensor([[0.0, 1.0], [4.0, 0.0]])  # row 0 orthogonal, row 1 collinear (lerp)
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0], [0.0, 0.0]])  # orthogonal as whole tensors
     wide, per = defaults("slerp", 1, t=0.5)
     s = math.sqrt(0.5)
-    assert_close(
-        run("slerp", a, [b], per, wide), torch.tensor([[s, s], [3.0, 0.0]]), rtol=0, atol=1e-6
-    )
+    expected = torch.tensor([[s, 2 * s], [0.0, 0.0]])
+    assert_close(run("slerp", a, [b], per, wide), expected, rtol=0, atol=1e-6)
+    c = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # collinear with a: plain lerp
+    expected = torch.tensor([[1.5, 0.0], [0.0, 0.0]])
+    assert_close(run("slerp", a, [c], per, wide), expected, rtol=0, atol=1e-6)
     wide["t"] = 0.0
     assert_close(run("slerp", a, [b], per, wide), a, rtol=0, atol=1e-7)
     wide["t"] = 1.0

@@ -13,7 +13,9 @@ Two sinks, chosen by the output URL:
   but the last part at least 5 MiB), uploaded directly by the worker that computed it. So no
   process ever holds more than one job's bytes (<= the job size target, 64 MiB by default),
   retried jobs simply re-upload their part, and the object appears under its final key only when
-  the driver completes the upload; on failure the uploads are aborted. S3 forbids more than
+  the driver completes the upload. On failure the uploads stay open (their ids are saved in
+  ``.raymerge/uploads.json``) so a rerun can keep the parts already uploaded; a run that discards
+  them (``--overwrite``, a changed job layout) aborts them. S3 forbids more than
   10,000 parts: the job size target keeps a 5 GB shard near 80.
 
 Other fsspec protocols are refused for output with a message (their multipart semantics differ);
@@ -24,14 +26,38 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
+
+import xxhash
 
 from raymerge.errors import OutputError
 from raymerge.plan import Job, ShardPlan
 from raymerge.storage import Location
 
 STAGING_DIR = ".raymerge/staging"
+UPLOADS_FILE = ".raymerge/uploads.json"
 MAX_S3_PARTS = 10_000
+
+
+def checksum(data: bytes | memoryview) -> str:
+    """xxHash64 of written bytes, hex; the manifest's checksum."""
+    return xxhash.xxh64(data).hexdigest()
+
+
+def job_matches(
+    job: Job, data: bytes | memoryview, record: dict[str, Any], header_len: int
+) -> bool:
+    """Do ``data`` (the job's byte range) match the checksums recorded for it?"""
+    view = memoryview(data)
+    if len(view) != job.nbytes or len(record.get("checksums", ())) != len(job.pieces):
+        return False
+    if job.part == 1 and checksum(view[:header_len]) != record.get("header_checksum"):
+        return False
+    return all(
+        checksum(view[p.out_start - job.out_start : p.out_end - job.out_start]) == c
+        for p, c in zip(job.pieces, record["checksums"])
+    )
 
 
 class LocalSink:
@@ -44,11 +70,36 @@ class LocalSink:
     def staging_path(self, shard: int) -> str:
         return os.path.join(self.root, STAGING_DIR, self.shards[shard][0])
 
-    def prepare(self) -> None:
+    def prepare(self, resume: bool = False) -> None:
+        """Create (or, resuming, keep) a preallocated staging file per shard."""
         os.makedirs(os.path.join(self.root, STAGING_DIR), exist_ok=True)
         for i, (_, size) in enumerate(self.shards):
-            with open(self.staging_path(i), "wb") as f:
+            path = self.staging_path(i)
+            if resume and os.path.exists(path) and os.path.getsize(path) == size:
+                continue
+            with open(path, "wb") as f:
                 f.truncate(size)
+
+    def kept(
+        self, jobs: list[Job], records: dict[int, dict[str, Any]], headers: list[int]
+    ) -> set[int]:
+        """Recorded jobs whose staged bytes still match their checksums."""
+        keep: set[int] = set()
+        for job in jobs:
+            rec = records.get(job.id)
+            path = self.staging_path(job.shard)
+            if rec is None or not os.path.exists(path):
+                continue
+            with open(path, "rb") as f:
+                f.seek(job.out_start)
+                data = f.read(job.nbytes)
+            if job_matches(job, data, rec, headers[job.shard]):
+                keep.add(job.id)
+        return keep
+
+    def discard(self) -> None:
+        """Forget staged bytes of an earlier run."""
+        shutil.rmtree(os.path.join(self.root, STAGING_DIR), ignore_errors=True)
 
     def write(self, job: Job, data: memoryview) -> dict[str, Any]:
         fd = os.open(self.staging_path(job.shard), os.O_WRONLY)
@@ -75,14 +126,12 @@ class LocalSink:
         except OSError:
             pass  # not empty: leave it
 
-    def abort(self) -> None:
-        """Staging files are left for inspection; they never carry a final shard name."""
-
 
 class S3Sink:
     kind = "s3"
 
     def __init__(self, out: Location, shards: list[ShardPlan], jobs: list[Job]) -> None:
+        self.out = out
         self.fs = out.fs
         bucket, key, _ = out.fs.split_path(out.path)
         self.bucket = bucket
@@ -97,10 +146,80 @@ class S3Sink:
                 f"{MAX_S3_PARTS}: raise --job-bytes or lower --shard-size"
             )
 
-    def prepare(self) -> None:
-        for key in self.keys:
+    def _previous(self) -> list[str] | None:
+        path = self.out.child(UPLOADS_FILE).path
+        if not self.fs.exists(path):
+            return None
+        prev = json.loads(self.fs.cat_file(path))
+        return prev["uploads"] if prev.get("keys") == self.keys else None
+
+    def _parts(self, shard: int) -> dict[int, dict[str, Any]] | None:
+        """Uploaded parts of a shard's open upload, or None if the upload is gone."""
+        parts: dict[int, dict[str, Any]] = {}
+        marker = 0
+        while True:
+            try:
+                resp = self.fs.call_s3(
+                    "list_parts",
+                    Bucket=self.bucket,
+                    Key=self.keys[shard],
+                    UploadId=self.uploads[shard],
+                    PartNumberMarker=marker,
+                )
+            except (FileNotFoundError, OSError):
+                return None
+            for p in resp.get("Parts", []):
+                parts[int(p["PartNumber"])] = p
+            if not resp.get("IsTruncated"):
+                return parts
+            marker = int(resp["NextPartNumberMarker"])
+
+    def prepare(self, resume: bool = False) -> None:
+        """Open one multipart upload per shard, or, resuming, reuse the ones still open."""
+        prev = self._previous() if resume else None
+        self.uploads = list(prev) if prev else []
+        self.alive = [False] * len(self.keys)
+        for shard, key in enumerate(self.keys):
+            if prev and self._parts(shard) is not None:
+                self.alive[shard] = True
+                continue
             resp = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket, Key=key)
-            self.uploads.append(resp["UploadId"])
+            if shard < len(self.uploads):
+                self.uploads[shard] = resp["UploadId"]
+            else:
+                self.uploads.append(resp["UploadId"])
+        write_json(self.out, UPLOADS_FILE, {"keys": self.keys, "uploads": self.uploads})
+
+    def kept(
+        self, jobs: list[Job], records: dict[int, dict[str, Any]], headers: list[int]
+    ) -> set[int]:
+        """Recorded jobs whose part is in the open upload with the recorded ETag and size."""
+        keep: set[int] = set()
+        for shard in range(len(self.keys)):
+            parts = self._parts(shard) if self.alive[shard] else None
+            if not parts:
+                continue
+            for job in jobs:
+                rec = records.get(job.id)
+                part = parts.get(job.part) if job.shard == shard else None
+                if (
+                    rec
+                    and part
+                    and part["ETag"] == rec.get("etag")
+                    and int(part["Size"]) == job.nbytes
+                ):
+                    keep.add(job.id)
+        return keep
+
+    def discard(self) -> None:
+        """Abort the multipart uploads of an earlier run."""
+        for key, upload in zip(self.keys, self._previous() or []):
+            try:
+                self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload
+                )
+            except (FileNotFoundError, OSError):
+                pass  # already gone
 
     def write(self, job: Job, data: memoryview) -> dict[str, Any]:
         resp = self.fs.call_s3(
@@ -128,15 +247,7 @@ class S3Sink:
                 MultipartUpload={"Parts": parts},
             )
         self.fs.invalidate_cache()
-
-    def abort(self) -> None:
-        for key, upload in zip(self.keys, self.uploads):
-            try:
-                self.fs.call_s3(
-                    "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload
-                )
-            except Exception:  # best effort: the upload may already be gone
-                pass
+        self.fs.rm(self.out.child(UPLOADS_FILE).path)
 
 
 def make_sink(out: Location, shards: list[ShardPlan], jobs: list[Job]) -> LocalSink | S3Sink:

@@ -312,9 +312,8 @@ def _rescale(default: bool) -> ParamSpec:
 
 
 def _family(name, kind, consensus, normalize, rescale, reference, doc, extra=()):
-    params = (WEIGHT, _normalize(normalize), LAMBDA, INT8_MASK)
-    if kind != "none":
-        params += (DENSITY, _rescale(rescale))
+    # task_arithmetic accepts density and rescale too (without effect), as mergekit does
+    params = (WEIGHT, _normalize(normalize), LAMBDA, INT8_MASK, DENSITY, _rescale(rescale))
     params += tuple(extra)
     kernel = partial(_merge, kind, consensus)
     kernel.__doc__ = f"{doc} (sparsification: {kind}, sign consensus: {consensus})."

@@ -1,26 +1,36 @@
 """Spherical linear interpolation between the base model and one other model.
 
 Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985; popularised for model
-merging by mergekit. Reference: https://en.wikipedia.org/wiki/Slerp (mergekit cites the same).
+merging by mergekit, which cites https://en.wikipedia.org/wiki/Slerp.
 
-As mergekit 0.1.5 does, interpolation is per output row: each row (leading axis; a 1-D tensor is
-one value per row) is flattened and both rows are normalised. With dot = <a/|a|, b/|b|> clamped
-to [-1, 1]: if |dot| > 0.9995 the rows are lerped, else
-result = sin((1-t)θ)/sinθ · a + sin(tθ)/sinθ · b with θ = acos(dot), on the raw rows.
-``t = 0`` gives the base. Row-local, so chunks of whole rows give the whole-tensor result.
+As in mergekit 0.1.5, each tensor is one vector: with a = base and b = the other model, both
+flattened, dot = <a/|a|, b/|b|> clamped to [-1, 1] (a norm below 1e-8 counts as 1); if
+|dot| > 0.9995 the tensors are lerped, else result = sin((1-t)θ)/sinθ · a + sin(tθ)/sinθ · b with
+θ = acos(dot), on the raw tensors. ``t = 0`` gives the base. The norms and the dot product are
+whole-tensor statistics (float64 per-unit partial sums), so chunks give the unchunked result.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec
+from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, unit_sums
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
+
+
+def _round_norms(info, base, tensors, model_params, params, prev) -> Stats:
+    (other,) = tensors
+    return {
+        "cat:aa": unit_sums(base * base, info.unit),
+        "cat:bb": unit_sums(other * other, info.unit),
+        "cat:ab": unit_sums(base * other, info.unit),
+    }
 
 
 def slerp(
@@ -28,28 +38,28 @@ def slerp(
     tensors: Sequence[torch.Tensor],
     model_params: Sequence[dict[str, Any]],
     params: dict[str, Any],
-    **_: Any,
+    *,
+    info: PieceInfo | None = None,
+    stats: Sequence[Stats] = (),
 ) -> torch.Tensor:
-    """Row-wise SLERP from ``base`` (t=0) to ``tensors[0]`` (t=1)."""
+    """SLERP from ``base`` (t=0) to ``tensors[0]`` (t=1), treating each tensor as one vector."""
     (other,) = tensors
     t = float(params["t"])
-    shape = base.shape
     if base.numel() == 0:
         return base.clone()
-    rows = shape[0] if base.dim() >= 1 else 1
-    a = base.reshape(rows, -1)
-    b = other.reshape(rows, -1)
-    na = torch.linalg.vector_norm(a, dim=1, keepdim=True)
-    nb = torch.linalg.vector_norm(b, dim=1, keepdim=True)
-    na = torch.where(na > EPS, na, 1)
-    nb = torch.where(nb > EPS, nb, 1)
-    dot = ((a / na) * (b / nb)).sum(dim=1, keepdim=True).clamp(-1, 1)
-    lin = dot.abs() > DOT_THRESHOLD
-    theta = torch.acos(torch.where(lin, 0, dot))
-    sin_theta = torch.sin(theta)
-    ca = torch.where(lin, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
-    cb = torch.where(lin, t, torch.sin(t * theta) / sin_theta)
-    return (ca * a + cb * b).reshape(shape)
+    st = stats[0]
+    na = math.sqrt(float(st["cat:aa"].sum()))
+    nb = math.sqrt(float(st["cat:bb"].sum()))
+    na = na if na > EPS else 1.0
+    nb = nb if nb > EPS else 1.0
+    dot = min(1.0, max(-1.0, float(st["cat:ab"].sum()) / (na * nb)))
+    if abs(dot) > DOT_THRESHOLD:
+        ca, cb = 1 - t, t
+    else:
+        theta = math.acos(dot)
+        s = math.sin(theta)
+        ca, cb = math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+    return torch.mul(base, ca).add_(other, alpha=cb)
 
 
 SLERP = MergeMethod(
@@ -67,10 +77,10 @@ SLERP = MergeMethod(
         ),
     ),
     base="required",
-    work_fixed=24,
+    work_fixed=8,
     work_per_input=4,
     reference="https://en.wikipedia.org/wiki/Slerp",
-    doc="row-wise spherical interpolation between base and one model",
+    doc="spherical interpolation between base and one model",
     inputs=(1, 1),
-    row_local=lambda params: True,
+    stat_rounds=lambda params, model_params: (_round_norms,),
 )
