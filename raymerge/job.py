@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ def read_pieces(pieces: Sequence[Piece], ctx: JobContext) -> list[list[bytes | b
 
 
 def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator[torch.Tensor]:
-    math_dtype = DTYPES[ctx.math_dtype][0]
+    """Decoded inputs in their stored dtype (converted to the math dtype block by block later)."""
     for s, data in zip(p.sources, raw):
         t = decode(data, s.dtype, p.piece_shape)
         if not ctx.allow_nonfinite and not finite(t):
@@ -100,7 +101,7 @@ def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator
                 f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
                 "values; pass --allow-nonfinite to merge anyway"
             )
-        yield t.to(device=device, dtype=math_dtype)
+        yield t.to(device=device)
 
 
 def finite(t: torch.Tensor) -> bool:
@@ -126,6 +127,17 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _out_view(buf: bytearray, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """A flat tensor aliasing buf[lo:hi], if the offset is aligned for ``dtype``."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    if hi == lo or lo % item:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = torch.frombuffer(buf, dtype=torch.uint8, offset=lo, count=hi - lo)
+    return raw.view(dtype)
+
+
 def _split(p: Piece, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     return (tensors[0], tensors[1:]) if p.has_base else (None, tensors)
 
@@ -148,6 +160,7 @@ def run_stats(piece: Piece, ctx: JobContext, prev: list[Stats], device: str = "c
         params["models"],
         params["method"],
         prev_dev,
+        DTYPES[ctx.math_dtype][0],
     )
     return {k: v.cpu() for k, v in part.items()}
 
@@ -184,6 +197,7 @@ def run_job(
     t_read = time.perf_counter() - t0
 
     method = get_method(ctx.method)
+    math_dtype = DTYPES[ctx.math_dtype][0]
     buf = bytearray(job.nbytes)
     view = memoryview(buf)
     if job.part == 1:
@@ -199,16 +213,26 @@ def run_job(
             tensor_stats = [
                 {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
             ]
-        merged = merge_piece(
-            method, _info(p), base, others, params["models"], params["method"], tensor_stats
-        )
-        out = merged.to(dtype=DTYPES[p.out_dtype][0]).reshape(-1).contiguous().cpu()
         lo = p.out_start - job.out_start
         hi = p.out_end - job.out_start
-        if hi > lo:
-            view[lo:hi] = out.view(torch.uint8).numpy().data
+        out_dtype = DTYPES[p.out_dtype][0]
+        target = _out_view(buf, lo, hi, out_dtype) if device == "cpu" else None
+        merged = merge_piece(
+            method,
+            _info(p),
+            base,
+            others,
+            params["models"],
+            params["method"],
+            tensor_stats,
+            math_dtype=math_dtype,
+            out=target,
+        )
+        if target is None and hi > lo:  # GPU, or an unaligned offset: copy the bytes over
+            data = merged.to(dtype=out_dtype).reshape(-1).contiguous().cpu()
+            view[lo:hi] = data.view(torch.uint8).numpy().data
         checks.append(checksum(view[lo:hi]))
-        del base, others, merged, out
+        del base, others, merged, target
     raw.clear()
     t_compute = time.perf_counter() - t1
     t2 = time.perf_counter()

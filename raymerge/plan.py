@@ -39,6 +39,7 @@ from raymerge.config import (
 from raymerge.errors import InputError
 from raymerge.io.header import FLOAT_DTYPES, TORCH_TO_ST, build_header, itemsize
 from raymerge.io.reader import TensorSource
+from raymerge.methods import BLOCK_ELEMENTS
 from raymerge.methods.base import stat_unit
 
 GiB = 1 << 30
@@ -79,7 +80,8 @@ class Piece:
     sources: tuple[Source, ...]  # the base first when ``has_base``, then the merged models
     has_base: bool
     params: str  # JSON: {"method": {...}, "models": [{...}, ...]}
-    memory_bytes: int
+    memory_bytes: int  # bytes held for the whole piece (raw inputs, output)
+    block_bytes: int  # temporaries of one block (held once per job, blocks run one at a time)
     rounds: int  # whole-tensor statistics rounds the method needs for this tensor
     seed: int
 
@@ -387,17 +389,23 @@ def make_plan(
         out_item = itemsize(out_dtypes[spec.name])
         in_items = [itemsize(src(spec, k).dtype) for k in range(len(spec.reads))]
         n_merged = len(spec.reads) - int(spec.has_base)
-        # raw input bytes + each input in the math dtype + kernel temporaries + result + out buffer
-        per_elem = (
-            sum(in_items)
-            + len(in_items) * math_item
-            + method.work_bytes(n_merged) * math_item // 4
-            + 2 * out_item
+        # Kernels run block by block (raymerge.methods.BLOCK_ELEMENTS): per element a job holds
+        # the raw inputs and the output bytes; math-dtype copies and temporaries exist for one
+        # block at a time. Row-local methods on rank <= 1 tensors take the whole tensor as a block.
+        temp_per_elem = len(in_items) * math_item + method.work_bytes(n_merged) * math_item // 4
+        whole_block = row_local and len(shape) < 2
+        per_elem = sum(in_items) + out_item + (temp_per_elem if whole_block else 0)
+        block_temp = 0 if whole_block else temp_per_elem
+        # the largest piece that fits: raw+output for all its elements, temporaries for one block
+        max_elems = max(
+            (usable - BLOCK_ELEMENTS * block_temp) // per_elem,
+            min(BLOCK_ELEMENTS, usable // (per_elem + block_temp)),
+            1,
         )
         numel = math.prod(shape)
         unit = stat_unit(shape)
         row = math.prod(shape[1:]) if len(shape) >= 2 else 0
-        n_chunks = math.ceil(numel * per_elem / usable) if numel else 1
+        n_chunks = math.ceil(numel / max_elems) if numel else 1
         if not rounds:  # elementwise: also split for parallelism / upload part size
             n_chunks = max(n_chunks, math.ceil(numel * out_item / job_bytes))
         if row_local and (len(shape) < 2 or unit != row):
@@ -439,6 +447,7 @@ def make_plan(
                     has_base=spec.has_base,
                     params=params,
                     memory_bytes=(e1 - e0) * per_elem,
+                    block_bytes=min(BLOCK_ELEMENTS, e1 - e0) * block_temp,
                     rounds=rounds,
                     seed=cfg.random_seed,
                 )
@@ -450,7 +459,11 @@ def make_plan(
         packs: list[list[Piece]] = []
         mem = out = 0
         for p in pieces:
-            if packs and mem + p.memory_bytes <= usable and out + p.nbytes <= job_bytes:
+            if (
+                packs
+                and mem + p.memory_bytes + p.block_bytes <= usable
+                and out + p.nbytes <= job_bytes
+            ):
                 packs[-1].append(p)
                 mem += p.memory_bytes
                 out += p.nbytes
@@ -480,7 +493,9 @@ def make_plan(
                     out_start=start,
                     out_end=end,
                     pieces=tuple(pack),
-                    memory_bytes=JOB_OVERHEAD_BYTES + sum(p.memory_bytes for p in pack),
+                    memory_bytes=JOB_OVERHEAD_BYTES
+                    + sum(p.memory_bytes for p in pack)
+                    + max((p.block_bytes for p in pack), default=0),
                 )
             )
     run_hash = hashlib.sha256(f"{cfg.hash()}:{shard_size}".encode()).hexdigest()[:16]

@@ -134,7 +134,13 @@ def combine(partials: Sequence[Stats]) -> Stats:
     out: Stats = {}
     for key in partials[0]:
         vals = [p[key] for p in partials]
-        out[key] = torch.cat(vals) if key.startswith("cat:") else torch.stack(vals).sum(dim=0)
+        if key.startswith("cat:"):
+            out[key] = torch.cat(vals)
+        else:
+            acc = vals[0].clone()
+            for v in vals[1:]:
+                acc += v
+            out[key] = acc
     return out
 
 

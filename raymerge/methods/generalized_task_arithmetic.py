@@ -141,6 +141,8 @@ def _masks(kind: str, info: PieceInfo, deltas, model_params, stats) -> list[torc
         for d, th in zip(deltas, _thresholds(kind, info, model_params, stats)):
             if th is None:
                 masks.append(None)
+            elif th[1] == float("inf"):
+                masks.append(d.abs() >= th[0])
             else:
                 a = d.abs()
                 masks.append((a >= th[0]) & (a <= th[1]))
