@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray")
     run.add_argument("--in-flight", type=int, default=None, help="max jobs submitted at once")
+    run.add_argument(
+        "--num-gpus-per-job",
+        type=float,
+        default=None,
+        help="GPUs per job (default: 0.5 if the cluster has GPUs when the run "
+        "starts, else 0; set it for autoscaling clusters that start without GPUs)",
+    )
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
     run.add_argument("--overwrite", action="store_true", help="reuse an OUT holding another run")
     run.add_argument("--allow-nonfinite", action="store_true", help="merge inputs holding NaN/Inf")
@@ -97,7 +104,8 @@ def _load(args: argparse.Namespace):
     return cfg
 
 
-def _run_options(args: argparse.Namespace):
+def run_options(args: argparse.Namespace):
+    """RunOptions from parsed ``run``/``plan`` arguments (also used by the jobs/ entry points)."""
     from raymerge.executor import ExecOptions
     from raymerge.runner import RunOptions
 
@@ -112,6 +120,7 @@ def _run_options(args: argparse.Namespace):
             address=getattr(args, "address", None),
             num_cpus=getattr(args, "num_cpus", None),
             in_flight=getattr(args, "in_flight", None),
+            num_gpus_per_job=getattr(args, "num_gpus_per_job", None),
             max_attempts=getattr(args, "max_attempts", 3),
             progress=not getattr(args, "no_progress", False),
         ),
@@ -140,7 +149,7 @@ def print_summary(s: dict[str, Any], file=sys.stdout) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from raymerge.runner import run_merge
 
-    summary = run_merge(_load(args), args.out, _run_options(args))
+    summary = run_merge(_load(args), args.out, run_options(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -152,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from raymerge.runner import build_plan
 
-    plan, _ = build_plan(_load(args), _run_options(args))
+    plan, _ = build_plan(_load(args), run_options(args))
     s = plan.summary()
     if args.json:
         print(json.dumps(s, indent=2))

@@ -159,7 +159,7 @@ def test_single_file_model(tmp_path: Path) -> None:
     assert layout.order == sorted(ref, key=lambda k: (ref[k][0], ref[k][1], k))
     assert layout.config == {"model_type": "llama", "hidden_size": 3}
     assert layout.side_files == ["config.json", "tokenizer.json"]
-    assert set(layout.files) == {SINGLE_FILE}
+    assert set(layout.files) == {SINGLE_FILE, "config.json", "tokenizer.json"}  # all fingerprinted
     assert layout.files[SINGLE_FILE]["size"] == (folder / SINGLE_FILE).stat().st_size
     fp = layout.fingerprint()
     assert fp == {"model": str(folder), "files": layout.files}

@@ -71,7 +71,7 @@ class ModelLayout:
     location: Location
     tensors: dict[str, TensorSource]
     order: list[str]
-    files: dict[str, dict[str, Any]]  # file name -> {"size", "etag"/"mtime"...}: fingerprints
+    files: dict[str, dict[str, Any]]  # shards and side files -> {"size", "etag"/"mtime", ...}
     config: dict[str, Any] | None
     side_files: list[str] = field(default_factory=list)
 
@@ -187,7 +187,7 @@ def read_model(ref: str, loc: Location) -> ModelLayout:
         raise InputError(f"{loc.url}: inconsistent checkpoint:\n{body}{more}")
     config = _read_json(loc, "config.json", listing) if "config.json" in listing else None
     side = [f for f in SIDE_FILES if f in listing]
-    files = {s: listing[s] for s in shard_names}
+    files = {s: listing[s] for s in shard_names + side}
     return ModelLayout(ref, loc, tensors, order, files, config, side)
 
 
