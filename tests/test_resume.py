@@ -33,6 +33,16 @@ def nan_family(tmp_path, family, tiny_cfg):
     return save_checkpoint(str(tmp_path / "nan"), w, tiny_cfg, n_shards=2)
 
 
+COMMON = ["--shard-size", "60KB", "--in-flight", "1", "--ledger-interval", "0"]
+
+
+def nan_config(tmp_path, family, tiny_cfg) -> str:
+    """A linear merge whose second model has a NaN in its last output shard."""
+    bad = nan_family(tmp_path, family, tiny_cfg)
+    models = [{"model": m, "parameters": {"weight": 1.0}} for m in (family[1], bad)]
+    return write(tmp_path, {"merge_method": "linear", "models": models})
+
+
 def run_json(args, capsys):
     rc = main([*args, "--json", "--no-progress"])
     cap = capsys.readouterr()
@@ -43,27 +53,16 @@ def run_json(args, capsys):
 def test_failed_run_resumes_keeping_finished_jobs_local(
     tmp_path, family, tiny_cfg, ray_session, capsys
 ):
-    bad = nan_family(tmp_path, family, tiny_cfg)
-    cfg = write(
-        tmp_path,
-        {
-            "merge_method": "linear",
-            "models": [
-                {"model": family[1], "parameters": {"weight": 1.0}},
-                {"model": bad, "parameters": {"weight": 1.0}},
-            ],
-        },
-    )
-    common = ["--shard-size", "60KB", "--in-flight", "1", "--ledger-interval", "0"]
+    cfg = nan_config(tmp_path, family, tiny_cfg)
     out = tmp_path / "out"
-    rc, _, err = run_json(["run", cfg, str(out), *common], capsys)
+    rc, _, err = run_json(["run", cfg, str(out), *COMMON], capsys)
     assert rc == 2 and "NaN" in err
     assert not (out / "_SUCCESS").exists() and not list(out.glob("model-*"))
-    rc, s, err = run_json(["run", cfg, str(out), *common, "--allow-nonfinite"], capsys)
+    rc, s, err = run_json(["run", cfg, str(out), *COMMON, "--allow-nonfinite"], capsys)
     assert rc == 0, err
     assert 0 < s["reused_jobs"] < s["jobs"]
     fresh = tmp_path / "fresh"
-    assert run_json(["run", cfg, str(fresh), *common, "--allow-nonfinite"], capsys)[0] == 0
+    assert run_json(["run", cfg, str(fresh), *COMMON, "--allow-nonfinite"], capsys)[0] == 0
     assert shard_bytes(str(out)) == shard_bytes(str(fresh))
     statuses = {r["status"] for r in pq.read_table(out / "manifest.parquet").to_pylist()}
     assert statuses == {"done", "reused"}
@@ -72,7 +71,7 @@ def test_failed_run_resumes_keeping_finished_jobs_local(
     )
     # a rerun of a finished run changes nothing
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("model-*")}
-    rc, s, _ = run_json(["run", cfg, str(out), *common, "--allow-nonfinite"], capsys)
+    rc, s, _ = run_json(["run", cfg, str(out), *COMMON, "--allow-nonfinite"], capsys)
     assert rc == 0 and s["already_complete"]
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("model-*")}
 
@@ -80,28 +79,17 @@ def test_failed_run_resumes_keeping_finished_jobs_local(
 def test_tampered_staging_is_recomputed_not_trusted(
     tmp_path, family, tiny_cfg, ray_session, capsys
 ):
-    bad = nan_family(tmp_path, family, tiny_cfg)
-    cfg = write(
-        tmp_path,
-        {
-            "merge_method": "linear",
-            "models": [
-                {"model": family[1], "parameters": {"weight": 1.0}},
-                {"model": bad, "parameters": {"weight": 1.0}},
-            ],
-        },
-    )
-    common = ["--shard-size", "60KB", "--in-flight", "1", "--ledger-interval", "0"]
+    cfg = nan_config(tmp_path, family, tiny_cfg)
     out = tmp_path / "out"
-    assert run_json(["run", cfg, str(out), *common], capsys)[0] == 2
+    assert run_json(["run", cfg, str(out), *COMMON], capsys)[0] == 2
     staged = sorted((out / ".raymerge" / "staging").iterdir())[0]
     data = bytearray(staged.read_bytes())
     data[-1] ^= 0xFF
     staged.write_bytes(bytes(data))
-    rc, s, err = run_json(["run", cfg, str(out), *common, "--allow-nonfinite"], capsys)
+    rc, s, err = run_json(["run", cfg, str(out), *COMMON, "--allow-nonfinite"], capsys)
     assert rc == 0, err
     fresh = tmp_path / "fresh"
-    assert run_json(["run", cfg, str(fresh), *common, "--allow-nonfinite"], capsys)[0] == 0
+    assert run_json(["run", cfg, str(fresh), *COMMON, "--allow-nonfinite"], capsys)[0] == 0
     assert shard_bytes(str(out)) == shard_bytes(str(fresh))
     assert main(["verify", str(out)]) == 0
 
@@ -123,16 +111,15 @@ def test_failed_run_resumes_on_s3(tmp_path, family, tiny_cfg, ray_session, s3, c
             ],
         },
     )
-    common = ["--shard-size", "60KB", "--in-flight", "1", "--ledger-interval", "0"]
-    rc, _, err = run_json(["run", cfg, "s3://bkt/out", *common], capsys)
+    rc, _, err = run_json(["run", cfg, "s3://bkt/out", *COMMON], capsys)
     assert rc == 2 and "NaN" in err
     names = {p.rsplit("/", 1)[-1] for p in fs.ls("bkt/out")}
     assert "_SUCCESS" not in names and not any(n.startswith("model-") for n in names)
-    rc, s, err = run_json(["run", cfg, "s3://bkt/out", *common, "--allow-nonfinite"], capsys)
+    rc, s, err = run_json(["run", cfg, "s3://bkt/out", *COMMON, "--allow-nonfinite"], capsys)
     assert rc == 0, err
     assert 0 < s["reused_jobs"] < s["jobs"]
     local = tmp_path / "local"
-    assert run_json(["run", cfg, str(local), *common, "--allow-nonfinite"], capsys)[0] == 0
+    assert run_json(["run", cfg, str(local), *COMMON, "--allow-nonfinite"], capsys)[0] == 0
     assert {n: fs.cat_file(f"bkt/out/{n}") for n in shard_bytes(str(local))} == shard_bytes(
         str(local)
     )
