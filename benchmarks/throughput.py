@@ -73,7 +73,7 @@ MODEL = {
     "heads": 16,
     "kv_heads": 16,
 }
-METHODS = ("linear", "task_arithmetic")
+METHODS = ("linear", "task_arithmetic", "ties")
 TARGET_FLOOR_RATIO = 2.5
 TARGET_MERGEKIT_SPEEDUP = 5.0
 BUF = 16 << 20
@@ -125,6 +125,14 @@ def write_configs(workdir: Path, models: dict[str, Path]) -> dict[str, Path]:
             "merge_method": "task_arithmetic",
             "base_model": str(models["base"]),
             "models": ft,
+            "dtype": "bfloat16",
+        },
+        "ties": {
+            "merge_method": "ties",
+            "base_model": str(models["base"]),
+            "models": [
+                {"model": m["model"], "parameters": {"weight": 0.5, "density": 0.2}} for m in ft
+            ],
             "dtype": "bfloat16",
         },
     }
@@ -478,9 +486,10 @@ COLUMNS = ("run", "wall s", "in-run s", "read GB/s", "x floor", "vs mergekit",
            "driver RSS", "worker RSS", "sum RSS")  # fmt: skip
 
 
-def table_row(name: str, r: dict[str, Any], mergekit_s: float | None) -> list[str]:
+def table_row(name: str, r: dict[str, Any], mergekit: dict[str, float]) -> list[str]:
     inner = r.get("raymerge", {}).get("wall_s")
-    speedup = mergekit_s / r["wall_s"] if mergekit_s and "linear" in name else None
+    method = next((m for m in mergekit if m in name), None)
+    speedup = mergekit[method] / r["wall_s"] if method and not name.startswith("mergekit") else None
     return [
         name,
         f"{r['wall_s']:.2f}",
@@ -495,12 +504,15 @@ def table_row(name: str, r: dict[str, Any], mergekit_s: float | None) -> list[st
 
 
 def print_table(floor: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
-    mergekit_s = rows.get("mergekit linear", {}).get("wall_s")
+    mergekit = {
+        name.split()[-1]: r["wall_s"] for name, r in rows.items()
+        if name.startswith("mergekit") and "wall_s" in r
+    }  # fmt: skip
     floor_gbps = floor["bytes_read"] / floor["wall_s"] / 1e9
     floor_row = ["I/O floor", f"{floor['wall_s']:.2f}", "-", f"{floor_gbps:.2f}", "1.00"]
     floor_row += ["-"] * (len(COLUMNS) - len(floor_row))
     lines = [list(COLUMNS), floor_row]
-    lines += [table_row(name, r, mergekit_s) for name, r in rows.items() if "wall_s" in r]
+    lines += [table_row(name, r, mergekit) for name, r in rows.items() if "wall_s" in r]
     widths = [max(len(row[i]) for row in lines) for i in range(len(COLUMNS))]
     for k, row in enumerate(lines):
         cells = [
@@ -542,7 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     models = build_family(workdir)
     configs = write_configs(workdir, models)
     sizes = {n: model_bytes(p) for n, p in models.items()}
-    reads = {"linear": sizes["ft1"] + sizes["ft2"], "task_arithmetic": sum(sizes.values())}
+    reads = {
+        "linear": sizes["ft1"] + sizes["ft2"],
+        "task_arithmetic": sum(sizes.values()),
+        "ties": sum(sizes.values()),
+    }
     out_bytes = sizes["ft1"]
     print(f"family: {gb(sum(sizes.values()))} of safetensors in 3 models, output {gb(out_bytes)}")
 
@@ -572,16 +588,15 @@ def main(argv: list[str] | None = None) -> int:
         rows["raymerge linear (cold)"] = repeat(
             "raymerge linear (cold)", cmd, out, env, args.repeats, reads["linear"]
         )
-        mergekit = args.mergekit or shutil.which("mergekit-yaml")
+    mergekit = args.mergekit or shutil.which("mergekit-yaml")
+    for m in [m for m in ("linear", "ties") if m in methods]:
         if mergekit and Path(mergekit).exists():
-            out = workdir / "out-mergekit"
-            cmd = [mergekit, str(configs["linear"]), str(out), "-j", "2", "--quiet"]
-            rows["mergekit linear"] = repeat(
-                "mergekit linear", cmd, out, env, args.repeats, reads["linear"]
-            )
+            out = workdir / f"out-mergekit-{m}"
+            cmd = [mergekit, str(configs[m]), str(out), "-j", "2", "--quiet"]
+            rows[f"mergekit {m}"] = repeat(f"mergekit {m}", cmd, out, env, args.repeats, reads[m])
         else:
             print("mergekit not installed, skipped")
-            rows["mergekit linear"] = {"skipped": "mergekit not installed"}
+            rows[f"mergekit {m}"] = {"skipped": "mergekit not installed"}
 
     for r in rows.values():
         if "wall_s" in r:
@@ -589,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     mk = rows.get("mergekit linear", {}).get("wall_s")
     warm = rows.get("raymerge linear (warm)", {})
     targets: dict[str, Any] = {}
+    mk_ties = rows.get("mergekit ties", {}).get("wall_s")
+    warm_ties = rows.get("raymerge ties (warm)", {})
+    if mk_ties and "wall_s" in warm_ties:
+        warm_ties["speedup_vs_mergekit"] = mk_ties / warm_ties["wall_s"]
+        targets["ties_x_floor"] = warm_ties["x_floor"]
+        targets["ties_speedup_vs_mergekit"] = warm_ties["speedup_vs_mergekit"]
     if "wall_s" in warm:
         targets["warm_linear_x_floor"] = warm["x_floor"]
         targets["floor_ok"] = warm["x_floor"] <= TARGET_FLOOR_RATIO
