@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -49,8 +49,6 @@ class ExecResult:
     retries: int
     nodes: list[str]
     seconds: float
-    started_ray: bool
-    errors: list[str] = field(default_factory=list)
 
 
 def connect(opts: ExecOptions) -> bool:
@@ -215,4 +213,4 @@ def execute(
         done,
     )
     nodes = sorted({r["node"] for r in results.values()})
-    return ExecResult(results, runner.retries, nodes, time.perf_counter() - t0, False)
+    return ExecResult(results, runner.retries, nodes, time.perf_counter() - t0)

@@ -168,47 +168,49 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
         ledger.clear()
         sink.discard()
     started_ray = connect(opts.execution)
-    sink.prepare(resume=claim.resume)
-    kept = sink.kept(plan.jobs, records, [len(s.header) for s in plan.shards]) if records else set()
-    todo = [j for j in plan.jobs if j.id not in kept]
-    progress = Progress(todo, enabled=opts.execution.progress)
-    ctx = JobContext(
-        inputs=tuple(lay.location for lay in layouts),
-        method=plan.method,
-        math_dtype="F64" if cfg.dtype in ("float64", "fp64", "double") else "F32",
-        headers=tuple(s.header for s in plan.shards),
-        sink=sink,
-        allow_nonfinite=opts.allow_nonfinite,
-        fault_marker=os.environ.get(FAULT_ENV) or None,
-    )
-
-    kill_after = int(os.environ.get(DRIVER_FAULT_ENV) or 0)
-
-    def done(job: Job, res: dict[str, Any]) -> None:
-        progress.update(job, res)
-        ledger.record(res)
-        if kill_after and progress.pieces and len(ledger.recorded) >= kill_after:
-            ledger.flush()
-            os.kill(os.getpid(), signal.SIGKILL)  # chaos testing: a driver crash mid-run
-
     try:
-        result = execute(todo, ctx, opts.execution, on_done=done)
-    finally:
-        progress.close()
-        ledger.flush()
-    results = {j: dict(records[j], reused=True) for j in kept}
-    results.update(result.results)
-    sink.commit(results, plan.jobs)
-    summary = _summary(plan, result, results, time.perf_counter() - t_start, claim.run_id)
-    summary["reused_jobs"] = len(kept)
-    _finalize(cfg, out, plan, layouts, results, summary, claim.run_id)
-    ledger.clear()
-    summary["wall_s"] = time.perf_counter() - t_start
-    if started_ray:
-        import ray
+        sink.prepare(resume=claim.resume)
+        headers = [len(s.header) for s in plan.shards]
+        kept = sink.kept(plan.jobs, records, headers) if records else set()
+        todo = [j for j in plan.jobs if j.id not in kept]
+        progress = Progress(todo, enabled=opts.execution.progress)
+        ctx = JobContext(
+            inputs=tuple(lay.location for lay in layouts),
+            method=plan.method,
+            math_dtype="F64" if cfg.dtype in ("float64", "fp64", "double") else "F32",
+            headers=tuple(s.header for s in plan.shards),
+            sink=sink,
+            allow_nonfinite=opts.allow_nonfinite,
+            fault_marker=os.environ.get(FAULT_ENV) or None,
+        )
+        kill_after = int(os.environ.get(DRIVER_FAULT_ENV) or 0)
 
-        ray.shutdown()
-    return summary
+        def done(job: Job, res: dict[str, Any]) -> None:
+            progress.update(job, res)
+            ledger.record(res)
+            if kill_after and len(ledger.recorded) >= kill_after:
+                ledger.flush()
+                os.kill(os.getpid(), signal.SIGKILL)  # chaos testing: a driver crash mid-run
+
+        try:
+            result = execute(todo, ctx, opts.execution, on_done=done)
+        finally:
+            progress.close()
+            ledger.flush()
+        results = {j: dict(records[j], reused=True) for j in kept}
+        results.update(result.results)
+        sink.commit(results, plan.jobs)
+        summary = _summary(plan, result, results, time.perf_counter() - t_start, claim.run_id)
+        summary["reused_jobs"] = len(kept)
+        _finalize(cfg, out, plan, layouts, results, summary, claim.run_id)
+        ledger.clear()
+        summary["wall_s"] = time.perf_counter() - t_start
+        return summary
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def _summary(
@@ -288,7 +290,7 @@ def _finalize(
             data = (json.dumps(conf, indent=2) + "\n").encode()
         write_small(out, name, data)
     write_small(out, "README.md", model_card(public, fingerprints, summary).encode())
-    write_json(out, INDEX_FILE, index_json(plan.shards, plan.tensor_dtypes))
+    write_json(out, INDEX_FILE, index_json(plan.shards))
     write_json(
         out, SUCCESS, {"run_id": run_id, "config_hash": plan.config_hash, "summary": summary}
     )

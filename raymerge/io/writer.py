@@ -280,7 +280,7 @@ def write_json(out: Location, name: str, obj: Any) -> None:
     write_small(out, name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def index_json(shards: list[ShardPlan], dtypes: dict[str, str]) -> dict[str, Any]:
+def index_json(shards: list[ShardPlan]) -> dict[str, Any]:
     """``model.safetensors.index.json``: total tensor bytes and the tensor -> shard map."""
     total = sum(s.size - len(s.header) for s in shards)
     weight_map = {t: s.name for s in shards for t in s.tensors}
