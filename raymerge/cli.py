@@ -42,7 +42,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--job-memory",
         type=parse_size,
         default=DEFAULT_JOB_MEMORY,
-        help="memory budget per job; larger tensors are chunked by rows (default 2GiB)",
+        help="memory budget per job; larger tensors are chunked by rows (default 1GiB)",
     )
     p.add_argument(
         "--job-bytes",

@@ -98,7 +98,10 @@ class MergeConfig(_Strict):
     out_dtype: str | None = Field(
         default=None, description="output dtype; default: dtype, else the input's"
     )
-    tokenizer_source: str | None = Field(default=None, description="only 'base' is supported")
+    tokenizer_source: str | None = Field(
+        default=None,
+        description="'base': output rows follow the base vocabulary (missing rows from the base)",
+    )
     random_seed: int = Field(default=0, description="seed for randomised methods")
     storage_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="fsspec options per URL prefix"

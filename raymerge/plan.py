@@ -45,7 +45,9 @@ from raymerge.methods.base import stat_unit
 GiB = 1 << 30
 MiB = 1 << 20
 DEFAULT_SHARD_SIZE = 5_000_000_000
-DEFAULT_JOB_MEMORY = 2 * GiB
+# Budget for a job's data. The worker process itself (Python, torch, Ray) adds ~0.35 GB, so the
+# default keeps a worker's peak RSS under 2 GiB (measured: benchmarks/big_tensor.py).
+DEFAULT_JOB_MEMORY = 1 * GiB
 DEFAULT_JOB_BYTES = 64 * MiB
 MIN_PART_BYTES = 5 * MiB
 JOB_OVERHEAD_BYTES = 32 * MiB  # fixed per-job allowance inside the budget (buffers, bookkeeping)
@@ -177,9 +179,17 @@ def _problems_error(what: str, problems: list[str]) -> InputError:
     return InputError(f"{what} ({len(problems)} problems):\n{body}{more}")
 
 
-def check_compatible(refs: Sequence[str], layouts: Sequence[dict[str, TensorSource]]) -> None:
-    """Every model must hold the same tensor names with the same shapes; list all differences."""
+def check_compatible(
+    refs: Sequence[str], layouts: Sequence[dict[str, TensorSource]], vocab_from_base: bool = False
+) -> set[str]:
+    """Every model must hold the same tensor names with the same shapes; list all differences.
+
+    With ``vocab_from_base`` (``tokenizer_source: base``; ``layouts[0]`` is the base), tensors
+    that differ only in their number of rows (embeddings, lm_head of models with other vocab
+    sizes) are allowed; their names are returned.
+    """
     problems: list[str] = []
+    vocab: set[str] = set()
     names0 = set(layouts[0])
     for ref, lay in zip(refs[1:], layouts[1:]):
         for n in sorted(names0 - set(lay)):
@@ -187,11 +197,21 @@ def check_compatible(refs: Sequence[str], layouts: Sequence[dict[str, TensorSour
         for n in sorted(set(lay) - names0):
             problems.append(f"tensor {n!r} is in {ref} but missing in {refs[0]}")
         for n in sorted(names0 & set(lay)):
-            if lay[n].shape != layouts[0][n].shape:
-                problems.append(
-                    f"tensor {n!r}: shape {list(layouts[0][n].shape)} in {refs[0]} but "
-                    f"{list(lay[n].shape)} in {ref}"
-                )
+            a, b = layouts[0][n].shape, lay[n].shape
+            if a == b:
+                continue
+            if vocab_from_base and len(a) >= 2 and len(a) == len(b) and a[1:] == b[1:]:
+                vocab.add(n)
+                continue
+            hint = (
+                "; if these are vocabularies of different sizes, set tokenizer_source: base "
+                "(rows follow the base model)"
+                if len(a) >= 2 and len(a) == len(b) and a[1:] == b[1:]
+                else ""
+            )
+            problems.append(
+                f"tensor {n!r}: shape {list(a)} in {refs[0]} but {list(b)} in {ref}{hint}"
+            )
     for ref, lay in zip(refs, layouts):
         for n, src in lay.items():
             if src.dtype not in FLOAT_DTYPES:
@@ -201,6 +221,7 @@ def check_compatible(refs: Sequence[str], layouts: Sequence[dict[str, TensorSour
                 )
     if problems:
         raise _problems_error("the input models are not compatible", problems)
+    return vocab
 
 
 @dataclass(frozen=True)
@@ -228,10 +249,12 @@ def tensor_specs(
     layouts: Sequence[dict[str, TensorSource]],
     order: Sequence[str],
     configs: Sequence[dict[str, Any] | None],
-) -> tuple[list[TensorSpec], int | None]:
-    """Output tensors in output order, and the output layer count when slices set it."""
+) -> tuple[list[TensorSpec], int | None, set[str]]:
+    """Output tensors in output order, the output layer count when slices set it, and the
+    tensors whose rows follow the base vocabulary (``tokenizer_source: base``)."""
     if cfg.models is not None:
-        check_compatible(refs, layouts)
+        from_base = cfg.tokenizer_source == "base" and bool(cfg.base_model)
+        vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
         L = num_layers(layouts[0], configs[0])
         entries = list(cfg.models)
         if cfg.base_model and cfg.method.base == "required":
@@ -242,7 +265,7 @@ def tensor_specs(
         for name in order:
             reads, has_base = _reads(cfg, refs, entries, lambda e, n=name: n)
             specs.append(TensorSpec(name, reads, has_base, layer_position(name, L), 0))
-        return specs, None
+        return specs, None, vocab
 
     slices = cfg.slices or []
     templates = list(
@@ -308,7 +331,22 @@ def tensor_specs(
             )
     if problems:
         raise _problems_error("the slices do not fit the input models", problems)
-    return specs, out_layer
+    return specs, out_layer, set()
+
+
+def _elems(src: TensorSource) -> int:
+    return math.prod(src.shape)
+
+
+def _source(
+    i: int, name: str, layouts: Sequence[dict[str, TensorSource]], e0: int, e1: int, own: bool
+) -> Source:
+    """Elements [e0, e1) of input ``i``'s tensor, or, past the end of its vocabulary (``own``
+    false; tokenizer_source: base), of the base model's (input 0)."""
+    j = i if own else 0
+    src = layouts[j][name]
+    item = itemsize(src.dtype)
+    return Source(j, name, src.file, src.start + e0 * item, src.start + e1 * item, src.dtype)
 
 
 def _bounds(numel: int, unit: int, n_chunks: int) -> list[int]:
@@ -339,12 +377,14 @@ def make_plan(
     if job_memory <= JOB_OVERHEAD_BYTES:
         raise InputError(f"job memory budget {job_memory} must exceed {JOB_OVERHEAD_BYTES} bytes")
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
-    specs, out_layers = tensor_specs(cfg, refs, layouts, order, configs)
+    specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs)
     grps = groups(cfg)
     math_item = 8 if cfg.dtype and DTYPE_NAMES[cfg.dtype].itemsize == 8 else 4
     forced = cfg.out_dtype or cfg.dtype
 
     def src(spec: TensorSpec, k: int = 0) -> TensorSource:
+        if spec.name in vocab and k == 0:
+            return layouts[0][spec.name]  # the base model's shape and dtype
         i, name = spec.reads[k]
         return layouts[i][name]
 
@@ -411,6 +451,9 @@ def make_plan(
         if row_local and (len(shape) < 2 or unit != row):
             n_chunks = 1  # rows must stay whole, and a rank <= 1 tensor is one row
         bounds = _bounds(numel, unit, n_chunks)
+        if spec.name in vocab:  # split where a model's vocabulary ends: base rows follow
+            cuts = {layouts[i][nm].shape[0] * row for i, nm in spec.reads}
+            bounds = sorted(set(bounds) | {c for c in cuts if 0 < c < numel})
         n = len(bounds) - 1
         for c in range(n):
             e0, e1 = bounds[c], bounds[c + 1]
@@ -421,15 +464,8 @@ def make_plan(
             else:
                 pshape = (e1 - e0,)
             sources = tuple(
-                Source(
-                    i,
-                    name,
-                    layouts[i][name].file,
-                    layouts[i][name].start + e0 * in_items[k],
-                    layouts[i][name].start + e1 * in_items[k],
-                    layouts[i][name].dtype,
-                )
-                for k, (i, name) in enumerate(spec.reads)
+                _source(i, name, layouts, e0, e1, e1 <= _elems(layouts[i][name]))
+                for i, name in spec.reads
             )
             shard_pieces[si].append(
                 Piece(

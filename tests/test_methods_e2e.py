@@ -218,3 +218,75 @@ def test_layer_range_out_of_bounds(tmp_path, family, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "layer_range: [2, 5] is out of bounds" in err and "(3 layers)" in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def _vocab_family(tmp_path, tiny_cfg):
+    from raymerge.synth import random_weights, save_checkpoint
+
+    base = random_weights(tiny_cfg, 1)
+    models = {"base": base}
+    for name, rows, seed in (("big", 260, 2), ("small", 250, 3)):
+        g = torch.Generator().manual_seed(seed)
+        w = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            extra = torch.randn(max(0, rows - 256), 64, generator=g)
+            w[k] = torch.cat([w[k][: min(rows, 256)], extra])
+        models[name] = w
+    paths = {
+        n: save_checkpoint(str(tmp_path / n), w, tiny_cfg, n_shards=2, dtype=torch.float32)
+        for n, w in models.items()
+    }
+    return paths, models
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
+def test_vocab_mismatch_follows_the_base_vocabulary(
+    method, tmp_path, tiny_cfg, ray_session, capsys
+):
+    from raymerge.methods import merge_whole
+
+    paths, models = _vocab_family(tmp_path, tiny_cfg)
+    cfg = {
+        "merge_method": method,
+        "base_model": paths["base"],
+        "models": [
+            {"model": paths[n], "parameters": {"weight": w}}
+            for n, w in (("big", 0.7), ("small", 0.3))
+        ],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    rc = main(["plan", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[256, 64] in" in err and "set tokenizer_source: base" in err
+    cfg["tokenizer_source"] = "base"
+    p.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(p), str(out), "--no-progress", "--job-bytes", "8KiB"]) == 0, (
+        capsys.readouterr().err
+    )
+    got = load_model(str(out))
+    base = models["base"]
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        padded = [
+            torch.cat([models[n][k][:256], base[k][models[n][k].shape[0] :]])
+            for n in ("big", "small")
+        ]
+        wide = {
+            "normalize": method == "linear",
+            "lambda": 1.0,
+            "int8_mask": False,
+            "rescale": False,
+        }
+        per = [{"weight": 0.7, "density": 1.0}, {"weight": 0.3, "density": 1.0}]
+        b = base[k] if method == "task_arithmetic" else None
+        expected = merge_whole(
+            method,
+            b,
+            padded,
+            per if method != "linear" else [{"weight": 0.7}, {"weight": 0.3}],
+            wide if method != "linear" else {"normalize": True},
+            tensor_name=k,
+        )
+        assert got[k].shape == (256, 64)
+        assert torch.equal(got[k], expected), k
