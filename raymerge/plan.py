@@ -334,6 +334,24 @@ def tensor_specs(
     return specs, out_layer, set()
 
 
+TIED = ("lm_head.weight", "model.embed_tokens.weight")
+
+
+def untie(layouts: Sequence[dict[str, TensorSource]]) -> list[dict[str, TensorSource]]:
+    """Models with tied embeddings store no lm_head. When the reference model (``layouts[0]``)
+    has one, a tied model's lm_head *is* its embedding matrix: read those bytes for it."""
+    head, embed = TIED
+    if head not in layouts[0]:
+        return list(layouts)
+    out = []
+    for lay in layouts:
+        if head not in lay and embed in lay:
+            e = lay[embed]
+            lay = {**lay, head: TensorSource(head, e.file, e.dtype, e.shape, e.start, e.end)}
+        out.append(lay)
+    return out
+
+
 def _elems(src: TensorSource) -> int:
     return math.prod(src.shape)
 
@@ -377,6 +395,7 @@ def make_plan(
     if job_memory <= JOB_OVERHEAD_BYTES:
         raise InputError(f"job memory budget {job_memory} must exceed {JOB_OVERHEAD_BYTES} bytes")
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
+    layouts = untie(layouts)
     specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs)
     grps = groups(cfg)
     math_item = 8 if cfg.dtype and DTYPE_NAMES[cfg.dtype].itemsize == 8 else 4

@@ -290,3 +290,33 @@ def test_vocab_mismatch_follows_the_base_vocabulary(
         )
         assert got[k].shape == (256, 64)
         assert torch.equal(got[k], expected), k
+
+
+def test_tied_model_merges_into_untied_base(tmp_path, tiny_cfg, ray_session, capsys):
+    """A fine-tune with tied embeddings (no lm_head) merged with an untied base: its lm_head is
+    its embedding matrix."""
+    from raymerge.methods import merge_whole
+    from raymerge.synth import random_weights, save_checkpoint
+
+    base = random_weights(tiny_cfg, 1)
+    tied = {k: v + 0.01 for k, v in base.items() if k != "lm_head.weight"}
+    paths = [
+        save_checkpoint(str(tmp_path / n), w, tiny_cfg, n_shards=1, dtype=torch.float32)
+        for n, w in (("base", base), ("tied", tied))
+    ]
+    cfg = {
+        "merge_method": "task_arithmetic",
+        "base_model": paths[0],
+        "models": [{"model": paths[1], "parameters": {"weight": 1.0}}],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(p), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    got = load_model(str(out))
+    per = [{"weight": 1.0, "density": 1.0}]
+    wide = {"normalize": False, "lambda": 1.0, "int8_mask": False, "rescale": False}
+    expected = merge_whole(
+        "task_arithmetic", base["lm_head.weight"], [tied["model.embed_tokens.weight"]], per, wide
+    )
+    assert torch.equal(got["lm_head.weight"], expected)
