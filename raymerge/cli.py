@@ -138,7 +138,7 @@ def print_summary(s: dict[str, Any], file=sys.stdout) -> None:
         ("throughput", f"read {s['read_gbps']:.2f} GB/s, write {s['write_gbps']:.2f} GB/s"),
         ("peak job memory (planned)", fmt_bytes(s["peak_job_memory_planned"])),
         ("peak worker RSS", fmt_bytes(s["peak_worker_rss"])),
-        ("retries", s["retries"]),
+        ("retries (jobs / storage requests)", f"{s['retries']} / {s.get('storage_retries', 0)}"),
         ("nodes", s["nodes"]),
     ]
     w = max(len(k) for k, _ in rows)

@@ -157,14 +157,21 @@ class _Runner:
             raise
 
 
-def compute_stats(jobs: list[Job], ctx_ref: Any, runner: _Runner) -> dict[str, list[Stats]]:
-    """Whole-tensor statistics of chunked tensors: one task per chunk and round, reduced here in
-    chunk order (the reduction of :func:`raymerge.methods.base.combine`)."""
+def compute_stats(
+    jobs: list[Job], all_jobs: list[Job], ctx_ref: Any, runner: _Runner
+) -> dict[str, list[Stats]]:
+    """Whole-tensor statistics of the chunked tensors that ``jobs`` touch: one task per chunk
+    (of *every* chunk of such a tensor in ``all_jobs``, also those a resumed run kept) and round,
+    reduced here in chunk order (the reduction of :func:`raymerge.methods.base.combine`)."""
+    wanted = {p.name for j in jobs for p in j.pieces if p.n_chunks > 1 and p.rounds}
     chunks: dict[str, list[Piece]] = {}
-    for j in jobs:
+    for j in all_jobs:
         for p in j.pieces:
-            if p.n_chunks > 1 and p.rounds:
+            if p.name in wanted:
                 chunks.setdefault(p.name, []).append(p)
+    for ps in chunks.values():
+        ps.sort(key=lambda p: p.chunk)
+        assert [p.chunk for p in ps] == list(range(ps[0].n_chunks)), "incomplete chunk list"
     stats: dict[str, list[Stats]] = {name: [] for name in chunks}
     for rnd in range(max((ps[0].rounds for ps in chunks.values()), default=0)):
         todo = [p for ps in chunks.values() if ps[0].rounds > rnd for p in ps]
@@ -192,12 +199,14 @@ def execute(
     ctx: JobContext,
     opts: ExecOptions,
     on_done: Callable[[Job, dict[str, Any]], None] | None = None,
+    all_jobs: list[Job] | None = None,
 ) -> ExecResult:
-    """Run every job on the connected cluster; raise on a user error or exhausted retries."""
+    """Run ``jobs`` on the connected cluster; raise on a user error or exhausted retries.
+    ``all_jobs`` is the whole plan when ``jobs`` is what a resumed run still has to do."""
     t0 = time.perf_counter()
     runner = _Runner(opts)
     ctx_ref = ray.put(ctx)
-    stats_ref = ray.put(compute_stats(jobs, ctx_ref, runner))
+    stats_ref = ray.put(compute_stats(jobs, all_jobs or jobs, ctx_ref, runner))
     results: dict[int, dict[str, Any]] = {}
 
     def done(job: Job, res: dict[str, Any]) -> None:

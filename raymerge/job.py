@@ -28,7 +28,7 @@ from raymerge.io.writer import checksum
 from raymerge.methods import BLOCK_ELEMENTS, get_method, merge_piece, piece_stats
 from raymerge.methods.base import PieceInfo, Stats
 from raymerge.plan import Job, Piece
-from raymerge.storage import Location
+from raymerge.storage import Location, storage_retries
 
 REMOTE_RANGE_BYTES = 32 << 20  # split big remote reads into ranged GETs of this size
 
@@ -198,6 +198,7 @@ def run_job(
     """Compute and write one job; return its checksums and timings. ``stats`` holds the reduced
     statistics of chunked tensors whose method needs whole-tensor statistics."""
     t0 = time.perf_counter()
+    retries0 = storage_retries()
     raw = read_pieces(job.pieces, ctx)
     _inject_fault(job, ctx.fault_marker)
     t_read = time.perf_counter() - t0
@@ -255,5 +256,6 @@ def run_job(
         "bytes_read": job.bytes_read,
         "bytes_written": job.nbytes,
         "rss_peak": peak_rss(),
+        "storage_retries": storage_retries() - retries0,
         **sink_info,
     }

@@ -36,7 +36,7 @@ from raymerge.config import (
     layer_position,
     resolve_parameters,
 )
-from raymerge.errors import InputError
+from raymerge.errors import ConfigError, InputError
 from raymerge.io.header import FLOAT_DTYPES, TORCH_TO_ST, build_header, itemsize
 from raymerge.io.reader import TensorSource
 from raymerge.methods import BLOCK_ELEMENTS
@@ -394,6 +394,10 @@ def make_plan(
         raise ValueError("one layout per input reference is required")
     if job_memory <= JOB_OVERHEAD_BYTES:
         raise InputError(f"job memory budget {job_memory} must exceed {JOB_OVERHEAD_BYTES} bytes")
+    if job_bytes < 1 or shard_size < 1:
+        raise InputError(
+            f"--job-bytes ({job_bytes}) and --shard-size ({shard_size}) must be at least 1 byte"
+        )
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
     layouts = untie(layouts)
     specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs)
@@ -434,7 +438,20 @@ def make_plan(
             )
         )
 
-    # 2. pieces
+    # 2. pieces (after checking every tensor's resolved parameters, all problems at once)
+    problems: dict[str, list[str]] = {}
+    for spec in specs:
+        _, entries, slice_params = grps[spec.group]
+        wide, per_model = resolve_parameters(cfg, spec.name, spec.t, entries, slice_params)
+        for problem in method.check(wide, per_model):
+            problems.setdefault(problem, []).append(spec.name)
+    if problems:
+        raise ConfigError(
+            [
+                f"{p} (tensors {names[:3]}{' ...' if len(names) > 3 else ''})"
+                for p, names in problems.items()
+            ]
+        )
     usable = job_memory - JOB_OVERHEAD_BYTES
     shard_pieces: list[list[Piece]] = [[] for _ in shards]
     for spec in specs:

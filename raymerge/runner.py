@@ -39,7 +39,7 @@ from raymerge.plan import (
     make_plan,
 )
 from raymerge.progress import Progress, fmt_bytes
-from raymerge.storage import Location, redact_url, resolve
+from raymerge.storage import Location, redact_url, resolve, storage_retries
 
 RUN_FILE = ".raymerge/run.json"
 DRIVER_FAULT_ENV = "RAYMERGE_FAULT_KILL_DRIVER_AFTER"  # chaos testing: SIGKILL after N jobs
@@ -152,6 +152,7 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
     the rest.
     """
     t_start = time.perf_counter()
+    driver_retries = storage_retries()
     out = resolve(out_url, cfg.storage_options)
     # all input validation happens here, before any tensor data is read
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
@@ -193,7 +194,7 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
                 os.kill(os.getpid(), signal.SIGKILL)  # chaos testing: a driver crash mid-run
 
         try:
-            result = execute(todo, ctx, opts.execution, on_done=done)
+            result = execute(todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs)
         finally:
             progress.close()
             ledger.flush()
@@ -202,6 +203,7 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
         sink.commit(results, plan.jobs)
         summary = _summary(plan, result, results, time.perf_counter() - t_start, claim.run_id)
         summary["reused_jobs"] = len(kept)
+        summary["storage_retries"] += storage_retries() - driver_retries  # the driver's own
         _finalize(cfg, out, plan, layouts, results, summary, claim.run_id)
         ledger.clear()
         summary["wall_s"] = time.perf_counter() - t_start
@@ -235,6 +237,7 @@ def _summary(
         "peak_worker_rss": max((r.get("rss_peak", 0) for r in results.values()), default=0),
         "driver_rss": peak_rss(),
         "retries": result.retries,
+        "storage_retries": sum(r.get("storage_retries", 0) for r in result.results.values()),
         "nodes": len(result.nodes),
     }
 

@@ -19,8 +19,10 @@ task arguments, but they are never printed: use :func:`redact` on anything user-
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,3 +147,42 @@ def secret_values(storage_options: Mapping[str, Mapping[str, Any]] | None) -> li
         if os.environ.get(var):
             found.append(os.environ[var])
     return found
+
+
+class _RetryCounter(logging.Handler):
+    """Counts botocore's retries (throttling, 5xx, dropped connections) in this process.
+
+    botocore logs "Response received to retry, sleeping ..." at DEBUG on ``botocore.endpoint``
+    whenever it retries a request. That logger is switched to DEBUG with this handler as its only
+    handler (so the debug chatter goes nowhere); records of WARNING and above are passed on to
+    the parent loggers' handlers unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            parent = logging.getLogger("botocore")
+            if parent.isEnabledFor(record.levelno):
+                parent.handle(record)
+        elif str(record.msg).startswith("Response received to retry"):
+            self.count += 1
+
+
+_COUNTER: _RetryCounter | None = None
+_COUNTER_LOCK = threading.Lock()
+
+
+def storage_retries() -> int:
+    """Retries botocore made in this process so far (installs the counter on first use)."""
+    global _COUNTER
+    with _COUNTER_LOCK:
+        if _COUNTER is None:
+            _COUNTER = _RetryCounter()
+            log = logging.getLogger("botocore.endpoint")
+            log.addHandler(_COUNTER)
+            log.setLevel(logging.DEBUG)
+            log.propagate = False
+        return _COUNTER.count

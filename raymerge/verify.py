@@ -40,6 +40,9 @@ def verify_output(out: Location) -> dict[str, Any]:
         raise VerifyError(f"{out.url}/{INDEX_FILE}: weight_map differs from the manifest: {bad}")
 
     shards = {s["name"]: s for s in meta.get("shards", [])}
+    missing = [name for name in shards if not fs.exists(out.child(name).path)]
+    if missing:
+        raise VerifyError(f"{out.url}: shard(s) {missing} listed in the manifest are missing")
     sizes = {name: fs.size(out.child(name).path) for name in shards}
     for name, s in shards.items():
         if sizes[name] != s["size"]:

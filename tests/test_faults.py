@@ -53,12 +53,17 @@ def test_merge_survives_slowdowns_and_dropped_connections(
     with FaultProxy(s3["endpoint_url"], rate=0.1, seed=5) as proxy:
         opts = dict(s3, endpoint_url=proxy.url)
         rc = main(
-            ["run", config(tmp_path, opts), "s3://fam/out", "--no-progress", "--shard-size", "60KB"]
-        )
-        err = capsys.readouterr().err
-        assert rc == 0, err
+            ["run", config(tmp_path, opts), "s3://fam/out", "--no-progress", "--shard-size", "60KB",
+             "--json"]
+        )  # fmt: skip
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        summary = json.loads(cap.out[cap.out.index("{\n") :])
         assert main(["verify", "s3://fam/out", "--storage-options", json.dumps(opts)]) == 0
-    print(f"fault proxy: {proxy.counts}")
+    with capsys.disabled():
+        print(f"\nfault proxy: {proxy.counts}; storage retries in the summary: "
+              f"{summary['storage_retries']}")  # fmt: skip
+    assert summary["storage_retries"] >= 1  # the workers' share of the retried requests
     assert proxy.counts["slowdown"] + proxy.counts["dropped"] >= 3, proxy.counts
     local = shard_bytes(str(clean))
     assert {n: fs.cat_file(f"fam/out/{n}") for n in local} == local

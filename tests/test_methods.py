@@ -260,7 +260,7 @@ def test_chunked_equals_whole_exactly(name, over, shape):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("shape", [(), (0, 4), (5,), (3, 7)])
+@pytest.mark.parametrize("shape", [(), (0, 4), (4, 0), (5,), (3, 7)])
 def test_every_method_merging_a_model_with_itself_returns_it(name, shape):
     method = get_method(name)
     lo, hi = method.inputs

@@ -320,3 +320,44 @@ def test_tied_model_merges_into_untied_base(tmp_path, tiny_cfg, ray_session, cap
         "task_arithmetic", base["lm_head.weight"], [tied["model.embed_tokens.weight"]], per, wide
     )
     assert torch.equal(got["lm_head.weight"], expected)
+
+
+def test_della_density_epsilon_checked_before_any_data(tmp_path, family, capsys):
+    cfg = {
+        "merge_method": "della",
+        "base_model": family[0],
+        "models": [{"model": family[1], "parameters": {"weight": 1.0, "density": 0.95}}],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    rc = main(["run", str(p), str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "density 0.95 +/- epsilon 0.15 must stay inside (0, 1)" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_sizes_must_be_positive(tmp_path, family, capsys):
+    cfg = {
+        "merge_method": "linear",
+        "models": [{"model": family[1], "parameters": {"weight": 1.0}}],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    assert main(["plan", str(p), "--job-bytes", "0"]) == 2
+    assert "must be at least 1 byte" in capsys.readouterr().err
+
+
+def test_verify_reports_a_missing_shard(tmp_path, family, ray_session, capsys):
+    cfg = {
+        "merge_method": "linear",
+        "models": [{"model": family[1], "parameters": {"weight": 1.0}}],
+    }
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(p), str(out), "--no-progress"]) == 0
+    next(out.glob("model-*.safetensors")).unlink()
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "listed in the manifest are missing" in err and "Traceback" not in err

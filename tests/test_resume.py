@@ -153,14 +153,22 @@ def test_worker_killed_mid_task_is_retried(tmp_path, family, ray_session, capsys
     assert max(attempts) == 2
 
 
-def test_driver_sigkilled_then_rerun_resumes(tmp_path, wide_family, capsys):
+@pytest.mark.parametrize(
+    ("method", "params", "sizing"),
+    [
+        ("task_arithmetic", {"weight": 0.5}, ["--job-bytes", "64KiB"]),
+        # chunked whole-tensor statistics: kept chunks must still feed the TIES thresholds
+        ("ties", {"weight": 0.5, "density": 0.4}, ["--job-memory", "34MiB"]),
+    ],
+)
+def test_driver_sigkilled_then_rerun_resumes(tmp_path, wide_family, capsys, method, params, sizing):
     """The real thing: `raymerge run` (own local Ray) killed with SIGKILL, then run again."""
     cfg = write(
         tmp_path,
         {
-            "merge_method": "task_arithmetic",
+            "merge_method": method,
             "base_model": wide_family[0],
-            "models": [{"model": m, "parameters": {"weight": 0.5}} for m in wide_family[1:]],
+            "models": [{"model": m, "parameters": params} for m in wide_family[1:]],
         },
     )
     out = tmp_path / "out"
@@ -175,8 +183,7 @@ def test_driver_sigkilled_then_rerun_resumes(tmp_path, wide_family, capsys):
         "1",
         "--in-flight",
         "1",
-        "--job-bytes",
-        "64KiB",
+        *sizing,
         "--ledger-interval",
         "0",
         "--no-progress",

@@ -42,7 +42,7 @@ def _blocks(method: MergeMethod, info: PieceInfo, params: dict[str, Any]) -> lis
     (and of rows for row-local methods), so blockwise statistics equal whole-piece ones."""
     n = info.elem_end - info.elem_start
     if method.row_local(params):
-        if len(info.shape) < 2:
+        if len(info.shape) < 2 or math.prod(info.shape[1:]) == 0:
             return [(0, n)]
         step = max(1, BLOCK_ELEMENTS // max(1, math.prod(info.shape[1:]))) * math.prod(
             info.shape[1:]
@@ -68,7 +68,7 @@ def _sub(info: PieceInfo, a: int, b: int) -> PieceInfo:
 
 
 def _block_shape(method: MergeMethod, info: PieceInfo, params: dict[str, Any], a: int, b: int):
-    if method.row_local(params) and len(info.shape) >= 2:
+    if method.row_local(params) and len(info.shape) >= 2 and math.prod(info.shape[1:]) > 0:
         return ((b - a) // math.prod(info.shape[1:]), *info.shape[1:])
     if (a, b) == (0, info.elem_end - info.elem_start) and info.elem_start == 0 and b == info.numel:
         return info.shape

@@ -176,6 +176,10 @@ def _not_row_local(params: dict[str, Any]) -> bool:
     return False
 
 
+def _no_check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method.
@@ -201,6 +205,8 @@ class MergeMethod:
         _no_rounds
     )
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
+    # problems with the resolved parameters of one tensor (combinations a single spec can't see)
+    check: Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[str]] = _no_check
     extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> ParamSpec | None:

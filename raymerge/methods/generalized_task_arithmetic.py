@@ -179,6 +179,15 @@ def _round_rescale(kind, info, base, tensors, model_params, params, prev) -> Sta
     return {"cat:before": torch.stack(before, dim=1), "cat:after": torch.stack(after, dim=1)}
 
 
+def _check_della(params: dict[str, Any], model_params) -> list[str]:
+    return [
+        f"model {i}: density {p['density']} +/- epsilon {p['epsilon']} must stay inside (0, 1)"
+        for i, p in enumerate(model_params)
+        if p["density"] < 1
+        and not (0 < p["density"] - p["epsilon"] and p["density"] + p["epsilon"] < 1)
+    ]
+
+
 def _stat_rounds(kind: str, params: dict[str, Any], model_params) -> tuple:
     rounds: list = []
     if kind in ("magnitude", "magnitude_outliers") and any(
@@ -330,6 +339,7 @@ def _family(name, kind, consensus, normalize, rescale, reference, doc, extra=())
         doc=doc,
         stat_rounds=partial(_stat_rounds, kind),
         row_local=(lambda params: True) if kind == "della" else (lambda params: False),
+        **({"check": _check_della} if kind == "della" else {}),
     )
 
 
