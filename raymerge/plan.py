@@ -440,9 +440,11 @@ def make_plan(
 
     # 2. pieces (after checking every tensor's resolved parameters, all problems at once)
     problems: dict[str, list[str]] = {}
+    resolved = {}
     for spec in specs:
         _, entries, slice_params = grps[spec.group]
         wide, per_model = resolve_parameters(cfg, spec.name, spec.t, entries, slice_params)
+        resolved[spec.name] = (wide, per_model)
         for problem in method.check(wide, per_model):
             problems.setdefault(problem, []).append(spec.name)
     if problems:
@@ -457,8 +459,7 @@ def make_plan(
     for spec in specs:
         shape = src(spec).shape
         si, out_start = offsets[spec.name]
-        _, entries, slice_params = grps[spec.group]
-        wide, per_model = resolve_parameters(cfg, spec.name, spec.t, entries, slice_params)
+        wide, per_model = resolved[spec.name]
         params = json.dumps({"method": wide, "models": per_model}, sort_keys=True)
         rounds = len(method.stat_rounds(wide, per_model))
         row_local = method.row_local(wide)
