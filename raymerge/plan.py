@@ -128,8 +128,7 @@ class Plan:
 
     config_hash: str
     method: str
-    inputs: list[str]
-    reference_input: int
+    inputs: list[str]  # the first is the reference: base_model if any, else the first model
     num_hidden_layers: int | None  # of the output, when slices change it
     shards: list[ShardPlan]
     jobs: list[Job]
@@ -576,7 +575,6 @@ def make_plan(
         config_hash=run_hash,
         method=method.name,
         inputs=list(refs),
-        reference_input=0,
         num_hidden_layers=out_layers,
         shards=shards,
         jobs=jobs,

@@ -280,7 +280,7 @@ def _finalize(
         ],
     }
     write_manifest(out, build_table(plan, results, metadata))
-    ref = layouts[plan.reference_input]
+    ref = layouts[0]  # the reference model: config.json, tokenizer, generation config
     for name in ref.side_files:
         data = ref.location.fs.cat_file(ref.location.child(name).path)
         if name == "config.json" and plan.tensor_dtypes:

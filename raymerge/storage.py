@@ -97,7 +97,7 @@ def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = 
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as exc:
         raise InputError(
-            f"{redact_url(url)}: cannot open this URL: {redact_text(str(exc))}"
+            f"{redact_url(url)}: cannot open this URL: {redact_url(str(exc))}"
         ) from None
     return Location(fs, path.rstrip("/") or path, url.rstrip("/") or url)
 
@@ -119,34 +119,6 @@ def redact(obj: Any) -> Any:
 def redact_url(url: str) -> str:
     """Hide ``user:password@`` parts of a URL."""
     return _URL_USERINFO.sub(r"\1***:***@", url)
-
-
-def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    """Hide URL credentials and any known secret values in free text (error messages)."""
-    text = redact_url(text)
-    for s in secrets or ():
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
-
-
-def secret_values(storage_options: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
-    """Every secret-looking string value in ``storage_options`` and the AWS environment."""
-    found: list[str] = []
-
-    def walk(o: Any) -> None:
-        if isinstance(o, Mapping):
-            for k, v in o.items():
-                if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str):
-                    found.append(v)
-                else:
-                    walk(v)
-
-    walk(storage_options or {})
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN"):
-        if os.environ.get(var):
-            found.append(os.environ[var])
-    return found
 
 
 class _RetryCounter(logging.Handler):

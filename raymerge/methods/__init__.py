@@ -75,6 +75,14 @@ def _block_shape(method: MergeMethod, info: PieceInfo, params: dict[str, Any], a
     return (b - a,)
 
 
+def _block_inputs(method, info, params, base, tensors, math_dtype):
+    """Per block: (block range, block PieceInfo, base block, input blocks) in the math dtype."""
+    for a, b in _blocks(method, info, params):
+        shape = _block_shape(method, info, params, a, b)
+        xs = [_view(x, a, b, shape, math_dtype) for x in tensors]
+        yield (a, b), _sub(info, a, b), _view(base, a, b, shape, math_dtype), xs
+
+
 def piece_stats(
     method: MergeMethod,
     info: PieceInfo,
@@ -87,20 +95,10 @@ def piece_stats(
 ) -> Stats:
     """Partial statistics of round ``len(prev)`` for one piece (computed blockwise)."""
     rnd = method.stat_rounds(params, model_params)[len(prev)]
-    parts = []
-    for a, b in _blocks(method, info, params):
-        shape = _block_shape(method, info, params, a, b)
-        parts.append(
-            rnd(
-                _sub(info, a, b),
-                _view(base, a, b, shape, math_dtype),
-                [_view(x, a, b, shape, math_dtype) for x in tensors],
-                model_params,
-                params,
-                list(prev),
-            )
-        )
-    return combine(parts)
+    return combine([
+        rnd(sub, b, xs, model_params, params, list(prev))
+        for _, sub, b, xs in _block_inputs(method, info, params, base, tensors, math_dtype)
+    ])  # fmt: skip
 
 
 def merge_piece(
@@ -131,16 +129,8 @@ def merge_piece(
     ref = base if base is not None else tensors[0]
     result = out if out is not None else torch.empty(ref.shape, dtype=math_dtype, device=ref.device)
     flat = result.reshape(-1)
-    for a, b in _blocks(method, info, params):
-        shape = _block_shape(method, info, params, a, b)
-        blk = method.kernel(
-            _view(base, a, b, shape, math_dtype),
-            [_view(x, a, b, shape, math_dtype) for x in tensors],
-            model_params,
-            params,
-            info=_sub(info, a, b),
-            stats=stats,
-        )
+    for (a, b), sub, b_blk, xs in _block_inputs(method, info, params, base, tensors, math_dtype):
+        blk = method.kernel(b_blk, xs, model_params, params, info=sub, stats=stats)
         flat[a:b] = blk.reshape(-1)
     return result
 

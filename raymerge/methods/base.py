@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -207,7 +207,6 @@ class MergeMethod:
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     # problems with the resolved parameters of one tensor (combinations a single spec can't see)
     check: Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[str]] = _no_check
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

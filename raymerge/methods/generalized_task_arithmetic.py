@@ -214,11 +214,9 @@ def _merge(
     model_params: Sequence[dict[str, Any]],
     params: dict[str, Any],
     *,
-    info: PieceInfo | None = None,
+    info: PieceInfo,
     stats: Sequence[Stats] = (),
 ) -> torch.Tensor:
-    if info is None:
-        info = PieceInfo.whole("tensor", tuple(base.shape))
     deltas = _deltas(base, tensors)
     masks = _masks(kind, info, deltas, model_params, stats)
     rescale = kind != "none" and params.get("rescale") and stats and "cat:before" in stats[-1]
