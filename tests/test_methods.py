@@ -219,7 +219,7 @@ def test_chunked_equals_whole_exactly(name, over, shape):
     b = base if method.base == "required" else None
     whole = merge_whole(name, b, xs, per, wide, tensor_name="w", seed=3)
     if method.row_local(wide) and len(shape) < 2:
-        return  # never chunked
+        pytest.skip("the planner never splits a rank-1 tensor for a row-local method")
     numel = base.numel()
     unit = stat_unit(shape)
     bounds = list(range(0, numel, unit * 5)) + [numel]
