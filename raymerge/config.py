@@ -86,6 +86,21 @@ class Slice(_Strict):
     parameters: dict[str, Any] | None = Field(default=None, description="parameters for this slice")
 
 
+class Calibration(_Strict):
+    """Calibration data for methods that need activations (ZipIt)."""
+
+    url: str = Field(
+        description="safetensors (inputs / input_ids) or .parquet file, any fsspec URL"
+    )
+    samples: int | None = Field(default=None, ge=1, description="use the first N samples")
+    batch_size: int = Field(default=64, ge=1, description="samples per forward batch")
+    shards: int = Field(
+        default=4,
+        ge=1,
+        description="statistics shards (fixed, so results do not depend on the number of actors)",
+    )
+
+
 class MergeConfig(_Strict):
     merge_method: str = Field(description="one of the registered merge methods")
     base_model: str | None = Field(default=None, description="base model reference")
@@ -101,6 +116,9 @@ class MergeConfig(_Strict):
     tokenizer_source: str | None = Field(
         default=None,
         description="'base': output rows follow the base vocabulary (missing rows from the base)",
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="calibration data (zipit, permute)"
     )
     random_seed: int = Field(default=0, description="seed for randomised methods")
     storage_options: dict[str, dict[str, Any]] = Field(
@@ -224,7 +242,12 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
 def _parent_fields(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = MergeConfig
     for part in loc[:-1]:
-        model = {"models": InputModel, "slices": Slice, "sources": SliceSource}.get(part, model)
+        model = {
+            "models": InputModel,
+            "slices": Slice,
+            "sources": SliceSource,
+            "calibration": Calibration,
+        }.get(part, model)
     return list(model.model_fields)
 
 
@@ -299,6 +322,19 @@ def validate_parameters(cfg: MergeConfig) -> list[str]:
                     problems.append(f"{where}.{key}: {issue}")
 
     check_block(glob, "parameters", per_model=False)
+    if method.calibration:
+        if cfg.slices is not None:
+            problems.append(f"slices: {method.name} merges whole models; use 'models'")
+        if cfg.base_model:
+            problems.append(f"base_model: {method.name} does not use a base model; remove it")
+        if cfg.calibration is None and glob.get("matcher", "") != "identity":
+            problems.append(
+                f"calibration: required by {method.name} (a file of inputs or input_ids, "
+                "see raymerge/zipit/gather.py); only matcher: identity works without it"
+            )
+    elif cfg.calibration is not None:
+        users = ", ".join(m.name for m in REGISTRY.values() if m.calibration)
+        problems.append(f"calibration: only used by {users}; remove it for {method.name}")
     if method.base == "required" and not cfg.base_model:
         problems.append(f"base_model: required by {method.name}")
     lo, hi = method.inputs

@@ -8,6 +8,10 @@ bytes (:mod:`raymerge.job`); the driver sees only small result dicts. Design poi
   cluster has GPUs; a task that got a GPU computes on it.
 - **Backpressure**: at most ``in_flight`` tasks are submitted at once (default: twice the
   cluster's CPUs), so a 2,000-job 70B plan never floods the scheduler or the object store.
+- **ZipIt's statistics stage** (:func:`zipit_stats`, :func:`match_spaces`) runs before the jobs:
+  actors that each load the K models once accumulate calibration shards, a tree of reduce tasks
+  sums the shard statistics (in shard order: deterministic), and one task per feature space runs
+  the matcher.
 - **Retries**: Ray's own task retries are off; the executor resubmits a failed job itself (up to
   ``max_attempts``), so it can count retries for the summary and manifest. Worker or node loss
   and storage errors are retried; user errors (:class:`RaymergeError`, e.g. NaN inputs) fail the
@@ -28,9 +32,15 @@ from typing import Any
 import ray
 
 from raymerge.errors import RaymergeError
+from raymerge.io.reader import TensorSource
 from raymerge.job import JobContext, run_job, run_stats
 from raymerge.methods.base import Stats, combine
 from raymerge.plan import Job, Piece
+from raymerge.storage import Location
+from raymerge.zipit.gather import load_tensors, shard_stats
+from raymerge.zipit.matching import Matching, group_similarity, match, match_identity
+from raymerge.zipit.spaces import Space
+from raymerge.zipit.stats import FeatureStats
 
 
 @dataclass
@@ -194,19 +204,106 @@ def compute_stats(
     return stats
 
 
+@ray.remote
+class _ZipStatsActor:
+    """Holds the K models (loaded once) and accumulates calibration shards through them."""
+
+    def __init__(self, arch: str, models: list, config: dict | None) -> None:
+        self.arch, self.config = arch, config
+        self.models = [load_tensors(loc, sources) for loc, sources in models]
+
+    def shard(self, x: Any, batches: list, spaces: list[str]) -> dict[str, FeatureStats]:
+        return shard_stats(self.arch, self.models, self.config, x, batches, spaces)
+
+
+@ray.remote
+def _sum_stats(a: dict[str, FeatureStats], b: dict[str, FeatureStats]) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+def zipit_stats(
+    arch: str,
+    models: list[tuple[Location, dict[str, TensorSource]]],
+    config: dict | None,
+    x: Any,
+    shards: list[list[tuple[int, int]]],
+    spaces: list[str],
+    opts: ExecOptions,
+) -> tuple[dict[str, FeatureStats], int]:
+    """Statistics of every space over all calibration shards; also the number of actors used.
+    Actors (one CPU each, at most one per shard and per cluster CPU) take shards round-robin;
+    shard results are summed pairwise in a fixed tree, so the sum never depends on timing."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n_actors = max(1, min(len(shards), opts.num_cpus or cpus, cpus))
+    actors = [
+        _ZipStatsActor.options(num_cpus=1).remote(arch, models, config) for _ in range(n_actors)
+    ]
+    try:
+        x_ref = ray.put(x)
+        level = [
+            actors[s % n_actors].shard.remote(x_ref, batches, spaces)
+            for s, batches in enumerate(shards)
+        ]
+        ray.wait(level, num_returns=len(level), fetch_local=False)
+        for a in actors:  # free their CPUs for the reduce tasks
+            ray.kill(a, no_restart=True)
+        actors = []
+        while len(level) > 1:
+            nxt = [_sum_stats.remote(a, b) for a, b in zip(level[::2], level[1::2])]
+            level = nxt + ([level[-1]] if len(level) % 2 else [])
+        return ray.get(level[0]), n_actors
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+@ray.remote
+def _match_space(
+    stats: FeatureStats | None, space: Space, sizes: list[int], kind: str, alpha: float, beta: float
+) -> Matching:
+    units = [n // space.group for n in sizes]
+    if kind == "identity" or stats is None:
+        return match_identity(units)
+    corr = stats.correlation()
+    if space.group > 1:
+        corr = group_similarity(corr, list(sizes), space.group)
+    return match(kind, corr, units, alpha=alpha, beta=beta if space.within else 0.0)
+
+
+def match_spaces(
+    stats: dict[str, FeatureStats],
+    spaces: list[Space],
+    n_models: int,
+    kind: str,
+    alpha: float,
+    beta: float,
+) -> dict[str, Matching]:
+    """One matcher task per feature space (they are independent; O(C^3) each for zipit)."""
+    refs = {
+        s.name: _match_space.remote(
+            stats.get(s.name), s, [s.units * s.group] * n_models, kind, alpha, beta
+        )
+        for s in spaces
+    }
+    return dict(zip(refs, ray.get(list(refs.values()))))
+
+
 def execute(
     jobs: list[Job],
     ctx: JobContext,
     opts: ExecOptions,
     on_done: Callable[[Job, dict[str, Any]], None] | None = None,
     all_jobs: list[Job] | None = None,
+    external: dict[str, list[Stats]] | None = None,
 ) -> ExecResult:
     """Run ``jobs`` on the connected cluster; raise on a user error or exhausted retries.
-    ``all_jobs`` is the whole plan when ``jobs`` is what a resumed run still has to do."""
+    ``all_jobs`` is the whole plan when ``jobs`` is what a resumed run still has to do;
+    ``external`` holds statistics computed before the jobs (ZipIt's matchings)."""
     t0 = time.perf_counter()
     runner = _Runner(opts)
     ctx_ref = ray.put(ctx)
-    stats_ref = ray.put(compute_stats(jobs, all_jobs or jobs, ctx_ref, runner))
+    stats = compute_stats(jobs, all_jobs or jobs, ctx_ref, runner)
+    stats_ref = ray.put({**stats, **(external or {})})
     results: dict[int, dict[str, Any]] = {}
 
     def done(job: Job, res: dict[str, Any]) -> None:

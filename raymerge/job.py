@@ -196,7 +196,8 @@ def run_job(
     attempt: int = 1,
 ) -> dict[str, Any]:
     """Compute and write one job; return its checksums and timings. ``stats`` holds the reduced
-    statistics of chunked tensors whose method needs whole-tensor statistics."""
+    statistics of chunked tensors whose method needs whole-tensor statistics (by tensor name),
+    and the external statistics the method names (by key, e.g. ``zipit:<space>``)."""
     t0 = time.perf_counter()
     retries0 = storage_retries()
     raw = read_pieces(job.pieces, ctx)
@@ -219,6 +220,11 @@ def run_job(
         if p.n_chunks > 1 and p.rounds:
             tensor_stats = [
                 {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
+            ]
+        external = method.external(params["method"])
+        if external:  # statistics from a stage before the jobs (ZipIt's matchings)
+            tensor_stats = [
+                {k: v.to(device) for key in external for k, v in (stats or {})[key][0].items()}
             ]
         lo = p.out_start - job.out_start
         hi = p.out_end - job.out_start

@@ -41,6 +41,7 @@ from raymerge.io.header import FLOAT_DTYPES, TORCH_TO_ST, build_header, itemsize
 from raymerge.io.reader import TensorSource
 from raymerge.methods import BLOCK_ELEMENTS
 from raymerge.methods.base import stat_unit
+from raymerge.zipit.spaces import ZipLayout, describe
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -232,6 +233,7 @@ class TensorSpec:
     has_base: bool
     t: float
     group: int  # index into config.groups() for parameter resolution
+    layout: str = ""  # JSON; zipit: how the tensor's axes move (raymerge.zipit.spaces)
 
 
 def _reads(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
@@ -251,6 +253,24 @@ def tensor_specs(
 ) -> tuple[list[TensorSpec], int | None, set[str]]:
     """Output tensors in output order, the output layer count when slices set it, and the
     tensors whose rows follow the base vocabulary (``tokenizer_source: base``)."""
+    if cfg.method.calibration:
+        zl = zip_layout(cfg, refs, layouts, configs)
+        models = [refs.index(m.model) for m in cfg.models or []]
+        return (
+            [
+                TensorSpec(
+                    t.name,
+                    tuple((models[k], n) for k, n in t.reads),
+                    False,
+                    0.0,
+                    0,
+                    json.dumps(t.layout(), sort_keys=True),
+                )
+                for t in zl.tensors
+            ],
+            None,
+            set(),
+        )
     if cfg.models is not None:
         from_base = cfg.tokenizer_source == "base" and bool(cfg.base_model)
         vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
@@ -331,6 +351,24 @@ def tensor_specs(
     if problems:
         raise _problems_error("the slices do not fit the input models", problems)
     return specs, out_layer, set()
+
+
+def zip_layout(
+    cfg: MergeConfig,
+    refs: list[str],
+    layouts: Sequence[dict[str, TensorSource]],
+    configs: Sequence[dict[str, Any] | None],
+) -> ZipLayout:
+    """Feature spaces and tensor layouts of a zipit/permute merge (all models alike)."""
+    check_compatible(refs, layouts, vocab_from_base=False)
+    first = refs.index((cfg.models or [])[0].model)
+    shapes = {n: src.shape for n, src in layouts[first].items()}
+    try:
+        return describe(
+            shapes, configs[first], len(cfg.models or []), (cfg.parameters or {}).get("stop_at")
+        )
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"{cfg.merge_method}: {exc}") from None
 
 
 TIED = ("lm_head.weight", "model.embed_tokens.weight")
@@ -459,6 +497,8 @@ def make_plan(
         shape = src(spec).shape
         si, out_start = offsets[spec.name]
         wide, per_model = resolved[spec.name]
+        if spec.layout:
+            wide = {**wide, "layout": json.loads(spec.layout)}
         params = json.dumps({"method": wide, "models": per_model}, sort_keys=True)
         rounds = len(method.stat_rounds(wide, per_model))
         row_local = method.row_local(wide)
@@ -469,7 +509,7 @@ def make_plan(
         # the raw inputs and the output bytes; math-dtype copies and temporaries exist for one
         # block at a time. Row-local methods on rank <= 1 tensors take the whole tensor as a block.
         temp_per_elem = len(in_items) * math_item + method.work_bytes(n_merged) * math_item // 4
-        whole_block = row_local and len(shape) < 2
+        whole_block = (row_local and len(shape) < 2) or method.whole
         per_elem = sum(in_items) + out_item + (temp_per_elem if whole_block else 0)
         block_temp = 0 if whole_block else temp_per_elem
         # the largest piece that fits: raw+output for all its elements, temporaries for one block
@@ -484,7 +524,7 @@ def make_plan(
         n_chunks = math.ceil(numel / max_elems) if numel else 1
         if not rounds:  # elementwise: also split for parallelism / upload part size
             n_chunks = max(n_chunks, math.ceil(numel * out_item / job_bytes))
-        if row_local and (len(shape) < 2 or unit != row):
+        if (row_local and (len(shape) < 2 or unit != row)) or method.whole:
             n_chunks = 1  # rows must stay whole, and a rank <= 1 tensor is one row
         bounds = _bounds(numel, unit, n_chunks)
         if spec.name in vocab:  # split where a model's vocabulary ends: base rows follow

@@ -22,7 +22,7 @@ from typing import Any
 from raymerge import __version__
 from raymerge.config import MergeConfig
 from raymerge.errors import InputError, OutputError
-from raymerge.executor import ExecOptions, connect, execute
+from raymerge.executor import ExecOptions, connect, execute, match_spaces, zipit_stats
 from raymerge.io.header import DTYPES
 from raymerge.io.reader import INDEX_FILE, ModelLayout, read_model
 from raymerge.io.writer import index_json, make_sink, write_json, write_small
@@ -37,9 +37,12 @@ from raymerge.plan import (
     Job,
     Plan,
     make_plan,
+    zip_layout,
 )
 from raymerge.progress import Progress, fmt_bytes
 from raymerge.storage import Location, redact_url, resolve, storage_retries
+from raymerge.zipit.gather import check_calibration, load_calibration, shard_ranges
+from raymerge.zipit.spaces import ZipLayout
 
 RUN_FILE = ".raymerge/run.json"
 DRIVER_FAULT_ENV = "RAYMERGE_FAULT_KILL_DRIVER_AFTER"  # chaos testing: SIGKILL after N jobs
@@ -156,6 +159,7 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
     out = resolve(out_url, cfg.storage_options)
     # all input validation happens here, before any tensor data is read
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
+    zipit = ZipStage.prepare(cfg, layouts)  # reads and checks the calibration file, if any
     sink = make_sink(out, plan.shards, plan.jobs)
     layout = plan_hash(plan)
     claim = _claim_output(out, plan.config_hash, layout, opts.overwrite)
@@ -193,8 +197,11 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
                 ledger.flush()
                 os.kill(os.getpid(), signal.SIGKILL)  # chaos testing: a driver crash mid-run
 
+        external = zipit.run(opts.execution) if zipit and todo else None
         try:
-            result = execute(todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs)
+            result = execute(
+                todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs, external=external
+            )
         finally:
             progress.close()
             ledger.flush()
@@ -203,6 +210,8 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
         sink.commit(results, plan.jobs)
         summary = _summary(plan, result, results, time.perf_counter() - t_start, claim.run_id)
         summary["reused_jobs"] = len(kept)
+        if zipit:
+            summary["zipit"] = zipit.info
         summary["storage_retries"] += storage_retries() - driver_retries  # the driver's own
         _finalize(cfg, out, plan, layouts, results, summary, claim.run_id)
         ledger.clear()
@@ -213,6 +222,82 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
             import ray
 
             ray.shutdown()
+
+
+@dataclass
+class ZipStage:
+    """ZipIt's statistics and matching stage, run on the cluster before the per-tensor jobs."""
+
+    cfg: MergeConfig
+    layout: ZipLayout
+    models: list[ModelLayout]
+    calibration: Any  # torch.Tensor of inputs, None for matcher: identity
+    params: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, cfg: MergeConfig, layouts: list[ModelLayout]) -> ZipStage | None:
+        if not cfg.method.calibration:
+            return None
+        from raymerge.config import resolve_parameters
+
+        refs = cfg.input_refs()
+        zl = zip_layout(
+            cfg, refs, [lay.tensors for lay in layouts], [lay.config for lay in layouts]
+        )
+        models = [layouts[refs.index(m.model)] for m in cfg.models or []]
+        params = resolve_parameters(cfg, "", 0.0)[0]
+        x = None
+        if params["matcher"] != "identity" and cfg.calibration is not None:
+            loc = resolve(cfg.calibration.url, cfg.storage_options)
+            x = load_calibration(loc, zl.arch, cfg.calibration.samples)
+            shapes = {n: t.shape for n, t in models[0].tensors.items()}
+            check_calibration(x, zl.arch, shapes, redact_url(loc.url))
+        return cls(cfg, zl, models, x, params)
+
+    def run(self, opts: ExecOptions) -> dict[str, list[dict[str, Any]]]:
+        """Statistics (actors) -> matchings (one task per space) -> external job statistics."""
+        t0 = time.perf_counter()
+        stats: dict[str, Any] = {}
+        actors = 0
+        cal = self.cfg.calibration
+        if self.calibration is not None and cal is not None:
+            shards = [
+                s for s in shard_ranges(len(self.calibration), cal.batch_size, cal.shards) if s
+            ]
+            stats, actors = zipit_stats(
+                self.layout.arch,
+                [(m.location, m.tensors) for m in self.models],
+                self.models[0].config,
+                self.calibration,
+                shards,
+                [s.name for s in self.layout.spaces],
+                opts,
+            )
+        t1 = time.perf_counter()
+        p = self.params
+        matchings = match_spaces(
+            stats, list(self.layout.spaces), len(self.models), p["matcher"], p["alpha"], p["beta"]
+        )
+        external: dict[str, list[dict[str, Any]]] = {}
+        within = 0
+        for name, m in matchings.items():
+            entry = {f"{name}/assign.{k}": a for k, a in enumerate(m.assign)}
+            entry[f"{name}/sizes"] = m.sizes
+            external[f"zipit:{name}"] = [entry]
+            # features merged into a cluster that already holds one of the same model
+            within += sum(int(a.numel() - a.unique().numel()) for a in m.assign)
+        self.info = {
+            "arch": self.layout.arch,
+            "matcher": p["matcher"],
+            "spaces": len(matchings),
+            "samples": 0 if self.calibration is None else len(self.calibration),
+            "actors": actors,
+            "within_model_merges": within,
+            "stats_s": t1 - t0,
+            "match_s": time.perf_counter() - t1,
+        }
+        return external
 
 
 def _summary(

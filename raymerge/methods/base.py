@@ -53,9 +53,14 @@ class ParamSpec:
     low_open: bool = False
     high_open: bool = False
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
     def check(self, value: Any) -> str | None:
         """Problem with one evaluated value, or None."""
+        if self.choices:
+            if value in self.choices:
+                return None
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
         if self.type is bool:
             return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
         if self.type in (float, int):
@@ -69,6 +74,8 @@ class ParamSpec:
             )
             if lo_bad or hi_bad:
                 return f"must be in {self.range_text()}, got {value!r}"
+            if self.type is int and value != int(value):
+                return f"must be a whole number, got {value!r}"
         return None
 
     def range_text(self) -> str:
@@ -180,6 +187,10 @@ def _no_check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) ->
     return []
 
 
+def _no_external(params: dict[str, Any]) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method.
@@ -207,6 +218,13 @@ class MergeMethod:
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     # problems with the resolved parameters of one tensor (combinations a single spec can't see)
     check: Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[str]] = _no_check
+    # whole: the kernel needs the whole tensor at once (never chunked or split into blocks)
+    whole: bool = False
+    # calibration: the method needs activation statistics from calibration data (ZipIt)
+    calibration: bool = False
+    # external(params): keys of statistics computed before the jobs (not from the tensor's own
+    # chunks) that the kernel of this tensor needs, e.g. ZipIt's matchings of its spaces
+    external: Callable[[dict[str, Any]], tuple[str, ...]] = _no_external
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -1,0 +1,132 @@
+"""The I/O side of ZipIt's statistics stage: calibration data, model tensors, per-shard statistics.
+
+No Ray here: :mod:`raymerge.executor` wraps :func:`shard_stats` in actors (each loads the K models
+once and accumulates several calibration shards). The calibration set is split into a fixed
+number of shards (``calibration.shards``) by sample index, independent of how many actors or
+nodes run them, and shard statistics are reduced in shard order by
+:func:`raymerge.zipit.stats.tree_reduce`, so the statistics, and therefore the matching, do not
+depend on the cluster.
+
+Calibration files (any fsspec URL, read whole: they are small):
+
+- safetensors holding ``inputs`` (float [N, features], MLPs) or ``input_ids`` (int [N, T],
+  decoders), written e.g. with ``safetensors.torch.save_file``;
+- Parquet with a column ``inputs`` (list of floats) or ``input_ids`` (list of ints, one row per
+  sequence, all of one length).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from raymerge.errors import InputError
+from raymerge.io.reader import TensorSource, decode
+from raymerge.job import fetch
+from raymerge.storage import Location
+from raymerge.zipit.forward import llama_forward, mlp_forward
+from raymerge.zipit.stats import FeatureStats
+
+KEYS = {"mlp": "inputs", "llama": "input_ids"}
+
+
+def load_calibration(loc: Location, arch: str, samples: int | None) -> torch.Tensor:
+    """The calibration inputs (first ``samples`` rows), validated for the architecture."""
+    key = KEYS[arch]
+    try:
+        data = loc.fs.cat_file(loc.path)
+    except FileNotFoundError:
+        raise InputError(f"calibration file not found: {loc.url}") from None
+    except OSError as exc:
+        raise InputError(f"{loc.url}: cannot read the calibration file: {exc}") from None
+    if loc.path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        if key not in table.column_names:
+            raise InputError(f"{loc.url}: needs a column {key!r}, has {table.column_names}")
+        rows = table.column(key).to_pylist()
+        dtype = torch.float32 if arch == "mlp" else torch.int64
+        try:
+            x = torch.tensor(rows, dtype=dtype)
+        except (ValueError, TypeError) as exc:
+            raise InputError(
+                f"{loc.url}: column {key!r} is not a rectangular array: {exc}"
+            ) from None
+    else:
+        from safetensors.torch import load
+
+        try:
+            tensors = load(data)
+        except Exception as exc:  # noqa: BLE001 - any parse error is a bad file
+            raise InputError(f"{loc.url}: not a safetensors or .parquet file: {exc}") from None
+        if key not in tensors:
+            raise InputError(f"{loc.url}: needs a tensor {key!r}, has {sorted(tensors)}")
+        x = tensors[key]
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise InputError(f"{loc.url}: {key!r} must be a non-empty 2-D array, got {list(x.shape)}")
+    if arch == "llama" and x.is_floating_point():
+        raise InputError(f"{loc.url}: input_ids must be integers, got {x.dtype}")
+    if samples is not None:
+        x = x[:samples]
+    return x.to(torch.float32) if arch == "mlp" else x.to(torch.int64)
+
+
+def check_calibration(x: torch.Tensor, arch: str, shapes: Mapping[str, tuple[int, ...]], url: str):
+    """The inputs fit the models (before any model data is read)."""
+    if arch == "mlp":
+        want = shapes["layers.0.weight"][1]
+        if x.shape[1] != want:
+            raise InputError(f"{url}: inputs have {x.shape[1]} features, the models read {want}")
+    else:
+        vocab = shapes["model.embed_tokens.weight"][0]
+        if int(x.min()) < 0 or int(x.max()) >= vocab:
+            raise InputError(
+                f"{url}: token ids span [{int(x.min())}, {int(x.max())}], vocabulary is {vocab}"
+            )
+
+
+def shard_ranges(n: int, batch_size: int, shards: int) -> list[list[tuple[int, int]]]:
+    """Batches [a, b) of n samples, dealt to ``shards`` shards round-robin (fixed by n alone)."""
+    batches = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    return [batches[s::shards] for s in range(shards)]
+
+
+def load_tensors(loc: Location, sources: Mapping[str, TensorSource]) -> dict[str, torch.Tensor]:
+    """Every tensor of one model, read in one batch of ranges (float32 copies)."""
+    items = list(sources.values())
+    bufs = fetch(loc, [(s.file, s.start, s.end) for s in items])
+    return {s.name: decode(b, s.dtype, s.shape).to(torch.float32) for s, b in zip(items, bufs)}
+
+
+def features(
+    arch: str, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, x
+) -> dict[str, torch.Tensor]:
+    if arch == "mlp":
+        return mlp_forward(tensors, x, features=True)[1]
+    return llama_forward(tensors, config or {}, x, features=True)[1]
+
+
+@torch.no_grad()
+def shard_stats(
+    arch: str,
+    models: Sequence[Mapping[str, torch.Tensor]],
+    config: Mapping[str, Any] | None,
+    x: torch.Tensor,
+    batches: Sequence[tuple[int, int]],
+    spaces: Sequence[str],
+) -> dict[str, FeatureStats]:
+    """Statistics of one calibration shard: every model sees the same batch, and each space's
+    features of all K models are concatenated (model order) before accumulation."""
+    out: dict[str, FeatureStats] = {}
+    for a, b in batches:
+        per_model = [features(arch, m, config, x[a:b]) for m in models]
+        for space in spaces:
+            parts = [f[space] for f in per_model]
+            if space not in out:
+                out[space] = FeatureStats.empty(tuple(p.shape[1] for p in parts))
+            out[space].update(torch.cat(parts, dim=1))
+    return out

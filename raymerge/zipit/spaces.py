@@ -1,0 +1,216 @@
+"""Feature spaces of a checkpoint and how every tensor moves with them (pure, headers only).
+
+ZipIt! (Stoica et al., ICLR 2024, https://arxiv.org/abs/2305.03053) merges models whose hidden
+features are not aligned. A *feature space* is a set of features that one matching reorders and
+merges consistently: every tensor that writes those features (its output rows, a bias, a norm
+weight) is *merged* (M: the average over a cluster's members, over all models), and every tensor
+that reads them (its input columns) is *unmerged* (U: the columns of a cluster's members summed).
+For model k's weight W^k [out, in] the zipped weight is ``W' = sum_k M_out^k W^k U_in^k``.
+
+Supported architectures (:func:`detect`):
+
+- ``mlp``: a plain multilayer perceptron stored as ``layers.{i}.weight`` [out, in] and optional
+  ``layers.{i}.bias`` [out], ReLU between layers, no activation after the last (the paper's small
+  test bed). Space ``h{i}`` = outputs of layer i (after ReLU), for every layer but the last, whose
+  outputs (logits over the shared label set) are averaged.
+- ``llama``: Llama/Mistral/Qwen2 decoders (Hugging Face names, ``config.json``). Spaces:
+  ``res``: the residual stream, one space for the whole depth (embedding columns, every norm,
+  every reader's input columns and every writer's output rows, lm_head columns); ``mlp.{l}``: the
+  MLP intermediate features of layer l (gate/up rows, down columns); ``attn.{l}``: the attention
+  heads of layer l, matched as whole key/value groups (a unit is one KV head with its query heads,
+  so GQA groups and RoPE pairs inside a head stay intact; heads are never merged within a model).
+
+Partial zip (``stop_at: k``, MLP only): layers 0..k-1 are zipped into a shared trunk; the rest of
+each model becomes its own head, stored as ``heads.{j}.layers.{i}.*``, whose first layer reads the
+trunk's merged features through model j's unmerge (folded into its weight). See
+:func:`raymerge.zipit.forward.mlp_forward` for the loader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MLP_RE = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+MODES = ("merge", "unmerge", "mean")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """How one tensor axis moves: ``mode`` "merge" (rows written into ``space``: cluster average),
+    "unmerge" (columns read from ``space``: cluster sum) or "mean" (plain average over the
+    sources, for shared outputs such as logits). ``expand``: tensor entries per space unit."""
+
+    dim: int
+    space: str
+    mode: str
+    expand: int = 1
+
+    def as_json(self) -> list[Any]:
+        return [self.dim, self.space, self.mode, self.expand]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A matchable feature space: ``units`` per model, each ``group`` features wide."""
+
+    name: str
+    units: int
+    group: int = 1
+    within: bool = True  # may two units of one model be merged?
+
+
+@dataclass(frozen=True)
+class ZipTensor:
+    """One output tensor: its sources ``(model index, tensor name)`` and its axes."""
+
+    name: str
+    reads: tuple[tuple[int, str], ...]
+    axes: tuple[Axis, ...]
+
+    def layout(self) -> dict[str, Any]:
+        """JSON form carried in the piece parameters to the kernel."""
+        return {"axes": [a.as_json() for a in self.axes], "models": [k for k, _ in self.reads]}
+
+
+@dataclass(frozen=True)
+class ZipLayout:
+    arch: str
+    spaces: tuple[Space, ...]
+    tensors: tuple[ZipTensor, ...]
+
+    def space(self, name: str) -> Space:
+        return next(s for s in self.spaces if s.name == name)
+
+
+def detect(names: Sequence[str], config: Mapping[str, Any] | None) -> str:
+    """The architecture of a checkpoint: "llama" (from config.json) or "mlp" (from names)."""
+    model_type = (config or {}).get("model_type")
+    if model_type in LLAMA_TYPES:
+        return "llama"
+    if names and all(MLP_RE.match(n) for n in names):
+        return "mlp"
+    raise ValueError(
+        f"zipit supports Llama-family decoders (config.json model_type in {list(LLAMA_TYPES)}) "
+        f"and plain MLPs (tensors 'layers.{{i}}.weight' / 'layers.{{i}}.bias'); got model_type "
+        f"{model_type!r} with tensors {list(names)[:4]}"
+    )
+
+
+def describe(
+    shapes: Mapping[str, tuple[int, ...]],
+    config: Mapping[str, Any] | None,
+    n_models: int,
+    stop_at: int | None = None,
+) -> ZipLayout:
+    """Spaces and output tensors for zipping ``n_models`` models shaped like ``shapes``."""
+    arch = detect(list(shapes), config)
+    if arch == "mlp":
+        return _mlp(shapes, n_models, stop_at)
+    if stop_at is not None:
+        raise ValueError("stop_at (partial zip) is supported for MLP checkpoints only")
+    return _llama(shapes, dict(config or {}), n_models)
+
+
+def _mlp(shapes: Mapping[str, tuple[int, ...]], n_models: int, stop_at: int | None) -> ZipLayout:
+    layers = sorted({int(MLP_RE.match(n).group(1)) for n in shapes})  # type: ignore[union-attr]
+    if layers != list(range(len(layers))):
+        raise ValueError(f"MLP layers must be numbered 0..L-1, got {layers}")
+    n = len(layers)
+    for i in layers:
+        w = shapes.get(f"layers.{i}.weight")
+        if w is None or len(w) != 2:
+            raise ValueError(f"layers.{i}.weight must exist and be 2-D, got {w}")
+        if i and shapes[f"layers.{i - 1}.weight"][0] != w[1]:
+            raise ValueError(
+                f"layers.{i}.weight {list(w)} does not read layer {i - 1}'s "
+                f"{shapes[f'layers.{i - 1}.weight'][0]} outputs"
+            )
+    if n < 2:
+        raise ValueError("an MLP needs at least 2 layers (one hidden feature space) to zip")
+    k = n - 1 if stop_at is None else stop_at
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"stop_at must be in [1, {n - 1}] for this {n}-layer MLP, got {stop_at}")
+    spaces = tuple(Space(f"h{i}", shapes[f"layers.{i}.weight"][0]) for i in range(k))
+    models = range(n_models)
+
+    def axes(i: int, kind: str, trunk: bool) -> tuple[Axis, ...]:
+        out: list[Axis] = []
+        if trunk:
+            out.append(Axis(0, f"h{i}", "merge") if i < n - 1 else Axis(0, "", "mean"))
+        if kind == "weight" and i > 0 and i <= k:
+            out.append(Axis(1, f"h{i - 1}", "unmerge"))
+        return tuple(out)
+
+    tensors: list[ZipTensor] = []
+    for name in shapes:
+        i, kind = MLP_RE.match(name).groups()  # type: ignore[union-attr]
+        i = int(i)
+        if stop_at is None or i < k:
+            tensors.append(ZipTensor(name, tuple((m, name) for m in models), axes(i, kind, True)))
+    if stop_at is not None:
+        for j in models:
+            for name in shapes:
+                i, kind = MLP_RE.match(name).groups()  # type: ignore[union-attr]
+                if int(i) >= k:
+                    tensors.append(
+                        ZipTensor(f"heads.{j}.{name}", ((j, name),), axes(int(i), kind, False))
+                    )
+    return ZipLayout("mlp", spaces, tuple(tensors))
+
+
+LLAMA_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def _llama(shapes: Mapping[str, tuple[int, ...]], config: dict[str, Any], n_models: int):
+    d = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv = int(config.get("num_key_value_heads") or heads)
+    hd = int(config.get("head_dim") or d // heads)
+    rep = heads // kv
+    if "lm_head.weight" not in shapes:
+        raise ValueError(
+            "zipit needs an lm_head.weight tensor: with tied embeddings the zipped embedding "
+            "(merged columns) and lm_head (unmerged columns) differ"
+        )
+    res = Space("res", d)
+    spaces: dict[str, Space] = {"res": res}
+    models = range(n_models)
+    tensors: list[ZipTensor] = []
+    for name, shape in shapes.items():
+        m = LLAMA_LAYER.match(name)
+        if name == "model.embed_tokens.weight":
+            axes: tuple[Axis, ...] = (Axis(1, "res", "merge"),)
+        elif name == "model.norm.weight":
+            axes = (Axis(0, "res", "merge"),)
+        elif name == "lm_head.weight":
+            axes = (Axis(0, "", "mean"), Axis(1, "res", "unmerge"))
+        elif m:
+            layer, rest = int(m.group(1)), m.group(2)
+            attn, mlp = f"attn.{layer}", f"mlp.{layer}"
+            if rest in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+                axes = (Axis(0, "res", "merge"),)
+            elif rest.startswith(("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")):
+                spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
+                rows = rep * hd if rest.startswith("self_attn.q_proj.") else hd
+                axes = (Axis(0, attn, "merge", rows),)
+                if rest.endswith(".weight"):
+                    axes += (Axis(1, "res", "unmerge"),)
+            elif rest == "self_attn.o_proj.weight":
+                spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
+                axes = (Axis(0, "res", "merge"), Axis(1, attn, "unmerge", rep * hd))
+            elif rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
+                spaces.setdefault(mlp, Space(mlp, shape[0]))
+                axes = (Axis(0, mlp, "merge"), Axis(1, "res", "unmerge"))
+            elif rest == "mlp.down_proj.weight":
+                spaces.setdefault(mlp, Space(mlp, shape[1]))
+                axes = (Axis(0, "res", "merge"), Axis(1, mlp, "unmerge"))
+            else:
+                raise ValueError(f"zipit does not know how tensor {name!r} moves")
+        else:
+            raise ValueError(f"zipit does not know how tensor {name!r} moves")
+        tensors.append(ZipTensor(name, tuple((k, name) for k in models), axes))
+    return ZipLayout("llama", tuple(spaces.values()), tuple(tensors))

@@ -1,0 +1,175 @@
+"""Additive feature statistics and the correlation matrix ZipIt! matches on.
+
+ZipIt! (Stoica et al., ICLR 2024, https://arxiv.org/abs/2305.03053, Sec. 4.1) matches features by
+the correlation of their activations over the same inputs. The statistics here are *additive*
+(count, sum, sum of outer products), so partial statistics computed on different workers or batches
+combine exactly by addition, in any grouping; :func:`tree_reduce` fixes one grouping so the float
+result is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+#: A feature is constant when its variance is at most ``CONST_REL_VAR`` times its second moment
+#: E[x^2] (i.e. std <= 1e-5 * rms). The test is relative because ``outer/n - mean^2`` cancels: for
+#: a constant c the float64 residue is about ulp(c^2) * (rows summed), far above an absolute
+#: threshold, yet far below 1e-10 * c^2. An all-zero feature (dead ReLU) has var = E[x^2] = 0.
+CONST_REL_VAR = 1e-10
+#: Two constant features are "the same constant" when their means differ by at most
+#: ``CONST_MEAN_TOL * max(1, |mean_i|, |mean_j|)``.
+CONST_MEAN_TOL = 1e-6
+
+
+@dataclass
+class FeatureStats:
+    """Sufficient statistics of one feature space over the concatenated features of K models.
+
+    Rows are inputs; columns are the features of model 0, then model 1, ... (``sizes`` gives the
+    width of each model; ``sum(sizes) == C``). All tensors are float64 on the CPU.
+    """
+
+    count: int
+    sum: torch.Tensor  # float64 [C]
+    outer: torch.Tensor  # float64 [C, C]
+    sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.sizes = tuple(int(s) for s in self.sizes)
+        c = sum(self.sizes)
+        if any(s < 0 for s in self.sizes):
+            raise ValueError(f"feature sizes must be >= 0, got {self.sizes}")
+        if tuple(self.sum.shape) != (c,) or tuple(self.outer.shape) != (c, c):
+            raise ValueError(
+                f"FeatureStats with sizes {self.sizes} (C={c}) needs sum [C] and outer [C, C], "
+                f"got {tuple(self.sum.shape)} and {tuple(self.outer.shape)}"
+            )
+        self.sum = self.sum.to(torch.float64)
+        self.outer = self.outer.to(torch.float64)
+
+    @property
+    def width(self) -> int:
+        """C, the total number of features over all models."""
+        return sum(self.sizes)
+
+    @classmethod
+    def empty(cls, sizes: Sequence[int]) -> FeatureStats:
+        """Zero statistics (the identity of ``+``) for models of widths ``sizes``."""
+        c = sum(int(s) for s in sizes)
+        return cls(
+            count=0,
+            sum=torch.zeros(c, dtype=torch.float64),
+            outer=torch.zeros(c, c, dtype=torch.float64),
+            sizes=tuple(int(s) for s in sizes),
+        )
+
+    def update(self, feats: torch.Tensor) -> None:
+        """Accumulate a batch of rows ``feats`` [N, C] (any float dtype; summed in float64)."""
+        if feats.dim() != 2 or feats.shape[1] != self.width:
+            raise ValueError(
+                f"expected features [N, {self.width}] for sizes {self.sizes}, "
+                f"got {tuple(feats.shape)}"
+            )
+        x = feats.detach().to(device="cpu", dtype=torch.float64)
+        self.count += int(x.shape[0])
+        self.sum += x.sum(dim=0)
+        self.outer += x.T @ x
+
+    def __add__(self, other: FeatureStats) -> FeatureStats:
+        """Statistics of the union of both row sets (a new object; ``sizes`` must match)."""
+        if not isinstance(other, FeatureStats):
+            return NotImplemented
+        if self.sizes != other.sizes:
+            raise ValueError(f"cannot add FeatureStats of sizes {self.sizes} and {other.sizes}")
+        return FeatureStats(
+            count=self.count + other.count,
+            sum=self.sum + other.sum,
+            outer=self.outer + other.outer,
+            sizes=self.sizes,
+        )
+
+    def mean(self) -> torch.Tensor:
+        """Per-feature mean, float64 [C]."""
+        self._require_rows()
+        return self.sum / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """Population (biased, divide-by-N) covariance ``outer/N - mean mean^T``, float64 [C, C].
+
+        The biased form matches the official ZipIt! ``CovarianceMetric``; the normalisation
+        cancels in :meth:`correlation` anyway. The result is symmetrised and its diagonal
+        clamped at 0 (cancellation can leave tiny negative variances).
+        """
+        mean = self.mean()
+        cov = self.outer / self.count - torch.outer(mean, mean)
+        cov = (cov + cov.T) / 2
+        cov.diagonal().clamp_(min=0.0)
+        return cov
+
+    def constant_mask(self) -> torch.Tensor:
+        """Bool [C]: features that are constant over all rows seen (see ``CONST_REL_VAR``)."""
+        var = self.covariance().diagonal()
+        second = self.outer.diagonal() / self.count
+        return var <= CONST_REL_VAR * second
+
+    def correlation(self) -> torch.Tensor:
+        """Pearson correlation of every pair of features, float64 [C, C] in [-1, 1].
+
+        ``cov_ij / (std_i std_j)`` for non-constant features. Constant features (see
+        ``CONST_REL_VAR``) have no defined correlation; here a constant feature correlates 1.0
+        with every other constant feature of the same value (means within
+        ``CONST_MEAN_TOL * max(1, |mean_i|, |mean_j|)``) and 0.0 with everything else. So dead
+        ReLU units (constant 0) are perfectly matchable with each other, and never preferred
+        over a real match for a live unit. The diagonal is exactly 1.
+        """
+        cov = self.covariance()
+        mean = self.mean()
+        const = self.constant_mask()
+        std = cov.diagonal().sqrt()
+        live = ~const
+        denom = torch.outer(std, std)
+        corr = torch.zeros_like(cov)
+        both_live = live[:, None] & live[None, :]
+        corr[both_live] = cov[both_live] / denom[both_live]
+        scale = torch.maximum(mean.abs()[:, None], mean.abs()[None, :]).clamp(min=1.0)
+        same_const = (
+            const[:, None]
+            & const[None, :]
+            & ((mean[:, None] - mean[None, :]).abs() <= CONST_MEAN_TOL * scale)
+        )
+        corr[same_const] = 1.0
+        corr = corr.clamp_(-1.0, 1.0)
+        corr.fill_diagonal_(1.0)
+        return corr
+
+    def _require_rows(self) -> None:
+        if self.count <= 0:
+            raise ValueError("FeatureStats has no rows; call update() first")
+
+
+def tree_reduce(parts: Sequence[FeatureStats]) -> FeatureStats:
+    """Sum ``parts`` as a balanced binary tree in list order (deterministic float result).
+
+    Pairwise summation keeps the rounding error O(log P) instead of O(P) and makes the result
+    independent of how the caller gathered the parts, as long as their order is fixed.
+    """
+    if len(parts) == 0:
+        raise ValueError("tree_reduce needs at least one FeatureStats")
+    if len(parts) == 1:
+        only = parts[0]
+        return FeatureStats(only.count, only.sum.clone(), only.outer.clone(), only.sizes)
+    mid = len(parts) // 2
+    return tree_reduce(parts[:mid]) + tree_reduce(parts[mid:])
+
+
+def features_of_models(per_model: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-model features [N, C_k] (same N, same inputs) into [N, sum C_k]."""
+    if len(per_model) == 0:
+        raise ValueError("features_of_models needs at least one model's features")
+    shapes = [tuple(f.shape) for f in per_model]
+    if any(len(s) != 2 for s in shapes) or len({s[0] for s in shapes}) != 1:
+        raise ValueError(f"expected 2-D features [N, C_k] with one N, got shapes {shapes}")
+    return torch.cat(list(per_model), dim=1)
