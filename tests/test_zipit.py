@@ -254,3 +254,37 @@ def test_input_errors_before_any_data(mlp_pair, tmp_path, capsys):
     p = write_cfg(tmp_path, [pa, pb], parameters={"stop_at": 3}, calibration={"url": str(bad)})
     assert main(["plan", p]) == 2
     assert "stop_at must be in [1, 2]" in capsys.readouterr().err
+
+
+def test_zipit_from_s3_is_bit_identical_to_local_and_deterministic(
+    mlp_pair, tmp_path, ray_session, s3, capsys
+):
+    from raymerge.storage import resolve
+    from tests.helpers import shard_bytes
+
+    _, pa, pb, cal, _ = mlp_pair
+    fs = resolve("s3://zip", {"s3://": s3}).fs
+    fs.mkdir("zip")
+    for name, p in (("a", pa), ("b", pb)):
+        fs.put(p, f"zip/{name}", recursive=True)
+    fs.put(cal, "zip/cal.safetensors")
+    params = {"alpha": 0.3, "beta": 0.5}
+    local = write_cfg(tmp_path, [pa, pb], parameters=params, calibration={"url": cal})
+    run(local, tmp_path / "l1", capsys)
+    run(local, tmp_path / "l2", capsys, "--in-flight", "1")
+    assert shard_bytes(str(tmp_path / "l1")) == shard_bytes(str(tmp_path / "l2"))
+    remote = tmp_path / "remote.json"
+    remote.write_text(
+        json.dumps(
+            {
+                "merge_method": "zipit",
+                "models": [{"model": "s3://zip/a"}, {"model": "s3://zip/b"}],
+                "parameters": params,
+                "calibration": {"url": "s3://zip/cal.safetensors", "shards": 2},
+                "storage_options": {"s3://": s3},
+            }
+        )
+    )
+    run(str(remote), "s3://zip/out", capsys)
+    got = fs.cat_file("zip/out/model-00001-of-00001.safetensors")
+    assert got == shard_bytes(str(tmp_path / "l1"))["model-00001-of-00001.safetensors"]
