@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import (
     BaseModel,
@@ -38,18 +37,19 @@ from raymerge.errors import ConfigError
 from raymerge.methods import REGISTRY, MergeMethod
 from raymerge.storage import redact
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-    "double": torch.float64,
+# config dtype names -> safetensors dtype codes (raymerge.io.header.ST_DTYPES)
+DTYPE_NAMES: dict[str, str] = {
+    "float32": "F32",
+    "fp32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "fp16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "float64": "F64",
+    "fp64": "F64",
+    "double": "F64",
 }
 LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 

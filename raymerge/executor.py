@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -37,10 +37,11 @@ from raymerge.job import JobContext, run_job, run_stats
 from raymerge.methods.base import Stats, combine
 from raymerge.plan import Job, Piece
 from raymerge.storage import Location
-from raymerge.zipit.gather import load_tensors, shard_stats
-from raymerge.zipit.matching import Matching, group_similarity, match, match_identity
 from raymerge.zipit.spaces import Space
-from raymerge.zipit.stats import FeatureStats
+
+if TYPE_CHECKING:
+    from raymerge.zipit.matching import Matching
+    from raymerge.zipit.stats import FeatureStats
 
 
 @dataclass
@@ -209,10 +210,14 @@ class _ZipStatsActor:
     """Holds the K models (loaded once) and accumulates calibration shards through them."""
 
     def __init__(self, arch: str, models: list, config: dict | None) -> None:
+        from raymerge.zipit.gather import load_tensors
+
         self.arch, self.config = arch, config
         self.models = [load_tensors(loc, sources) for loc, sources in models]
 
     def shard(self, x: Any, batches: list, spaces: list[str]) -> dict[str, FeatureStats]:
+        from raymerge.zipit.gather import shard_stats
+
         return shard_stats(self.arch, self.models, self.config, x, batches, spaces)
 
 
@@ -261,6 +266,8 @@ def zipit_stats(
 def _match_space(
     stats: FeatureStats | None, space: Space, sizes: list[int], kind: str, alpha: float, beta: float
 ) -> Matching:
+    from raymerge.zipit.matching import group_similarity, match, match_identity
+
     units = [n // space.group for n in sizes]
     if kind == "identity" or stats is None:
         return match_identity(units)

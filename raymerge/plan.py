@@ -37,7 +37,7 @@ from raymerge.config import (
     resolve_parameters,
 )
 from raymerge.errors import ConfigError, InputError
-from raymerge.io.header import FLOAT_DTYPES, TORCH_TO_ST, build_header, itemsize
+from raymerge.io.header import FLOAT_DTYPES, build_header, itemsize
 from raymerge.io.reader import TensorSource
 from raymerge.methods import BLOCK_ELEMENTS
 from raymerge.methods.base import stat_unit
@@ -439,7 +439,7 @@ def make_plan(
     layouts = untie(layouts)
     specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs)
     grps = groups(cfg)
-    math_item = 8 if cfg.dtype and DTYPE_NAMES[cfg.dtype].itemsize == 8 else 4
+    math_item = 8 if cfg.dtype and itemsize(DTYPE_NAMES[cfg.dtype]) == 8 else 4
     forced = cfg.out_dtype or cfg.dtype
 
     def src(spec: TensorSpec, k: int = 0) -> TensorSource:
@@ -448,9 +448,7 @@ def make_plan(
         i, name = spec.reads[k]
         return layouts[i][name]
 
-    out_dtypes = {
-        s.name: TORCH_TO_ST[DTYPE_NAMES[forced]] if forced else src(s).dtype for s in specs
-    }
+    out_dtypes = {s.name: DTYPE_NAMES[forced] if forced else src(s).dtype for s in specs}
 
     # 1. shards (Hugging Face rule: start a new shard when the next tensor would overflow it)
     groups_: list[list[TensorSpec]] = [[]]

@@ -41,7 +41,6 @@ from raymerge.plan import (
 )
 from raymerge.progress import Progress, fmt_bytes
 from raymerge.storage import Location, redact_url, resolve, storage_retries
-from raymerge.zipit.gather import check_calibration, load_calibration, shard_ranges
 from raymerge.zipit.spaces import ZipLayout
 
 RUN_FILE = ".raymerge/run.json"
@@ -240,6 +239,7 @@ class ZipStage:
         if not cfg.method.calibration:
             return None
         from raymerge.config import resolve_parameters
+        from raymerge.zipit.gather import check_calibration, load_calibration
 
         refs = cfg.input_refs()
         zl = zip_layout(
@@ -257,6 +257,8 @@ class ZipStage:
 
     def run(self, opts: ExecOptions) -> dict[str, list[dict[str, Any]]]:
         """Statistics (actors) -> matchings (one task per space) -> external job statistics."""
+        from raymerge.zipit.gather import shard_ranges
+
         t0 = time.perf_counter()
         stats: dict[str, Any] = {}
         actors = 0

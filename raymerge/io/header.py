@@ -15,41 +15,63 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS_PER_FILE = 1_000_000
 MAX_RANK = 16
 
-# safetensors dtype name -> (torch dtype, bytes per element)
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1),
-    "U8": (torch.uint8, 1),
-    "I8": (torch.int8, 1),
-    "I16": (torch.int16, 2),
-    "U16": (torch.uint16, 2),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I32": (torch.int32, 4),
-    "U32": (torch.uint32, 4),
-    "F32": (torch.float32, 4),
-    "F64": (torch.float64, 8),
-    "I64": (torch.int64, 8),
-    "U64": (torch.uint64, 8),
-    "C64": (torch.complex64, 8),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
+# safetensors dtype name -> (torch dtype name, bytes per element)
+ST_DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "F64": ("float64", 8),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "C64": ("complex64", 8),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
-TORCH_TO_ST: dict[torch.dtype, str] = {v[0]: k for k, v in DTYPES.items()}
+
+
+class _TorchDtypes(Mapping):
+    """safetensors dtype name -> (torch dtype, bytes per element); imports torch on first use,
+    so planning (which needs only names and sizes) stays torch-free."""
+
+    def __getitem__(self, key: str) -> tuple[torch.dtype, int]:
+        import torch
+
+        name, size = ST_DTYPES[key]
+        return getattr(torch, name), size
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ST_DTYPES)
+
+    def __len__(self) -> int:
+        return len(ST_DTYPES)
+
+
+DTYPES: Mapping[str, tuple[torch.dtype, int]] = _TorchDtypes()
 # Newer sub-byte / exotic formats: recognised so the error can say "not supported" precisely.
 KNOWN_UNSUPPORTED = {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C32"}
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 
 
 def itemsize(dtype: str) -> int:
-    return DTYPES[dtype][1]
+    return ST_DTYPES[dtype][1]
 
 
 @dataclass(frozen=True)

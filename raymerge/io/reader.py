@@ -15,10 +15,14 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from fsspec.asyn import AsyncFileSystem
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.errors import InputError
 from raymerge.io.header import (
