@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         "starts, else 0; set it for autoscaling clusters that start without GPUs)",
     )
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
+    run.add_argument(
+        "--keep-workers",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep a pool of warm worker processes on the cluster for SECONDS after the run, for "
+        "the next runs to reuse (they hold their CPUs while idle; default 0: no pool)",
+    )
     run.add_argument("--overwrite", action="store_true", help="reuse an OUT holding another run")
     run.add_argument("--allow-nonfinite", action="store_true", help="merge inputs holding NaN/Inf")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -122,6 +130,7 @@ def run_options(args: argparse.Namespace):
             in_flight=getattr(args, "in_flight", None),
             num_gpus_per_job=getattr(args, "num_gpus_per_job", None),
             max_attempts=getattr(args, "max_attempts", 3),
+            keep_workers=getattr(args, "keep_workers", 0.0),
             progress=not getattr(args, "no_progress", False),
         ),
     )

@@ -21,12 +21,17 @@ bytes (:mod:`raymerge.job`); the driver sees only small result dicts. Design poi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -52,6 +57,9 @@ class ExecOptions:
     in_flight: int | None = None
     max_attempts: int = 3
     progress: bool = True
+    # seconds a pool of worker actors outlives the run, idle, for the next run to reuse (0: no
+    # pool on CPU clusters: one task per job). GPU clusters always use a pool (one actor per GPU).
+    keep_workers: float = 0.0
 
 
 @dataclass
@@ -80,19 +88,108 @@ def connect(opts: ExecOptions) -> bool:
     return True
 
 
-@ray.remote
-def _remote_job(job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
+def _job_body(job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     result = run_job(job, ctx, stats, device=device, attempt=attempt)
     result["node"] = ray.get_runtime_context().get_node_id()
     result["host"] = socket.gethostname()
+    result["pid"] = os.getpid()
     return result
 
 
-@ray.remote
-def _remote_stats(piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
+def _stats_body(piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     return {"stats": run_stats(piece, ctx, prev, device=device), "attempt": attempt}
+
+
+_remote_job = ray.remote(_job_body)
+_remote_stats = ray.remote(_stats_body)
+
+
+@ray.remote
+class _Worker:
+    """A long-lived worker process for :class:`_Pool`: torch imported once, CUDA context once.
+    With ``idle_s > 0`` it exits by itself after that long without work."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s, self.last, self.busy = idle_s, time.monotonic(), False
+        if idle_s > 0:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.idle_s))
+            if not self.busy and time.monotonic() - self.last > self.idle_s:
+                os._exit(0)  # idle for too long: give the CPU/GPU back to the cluster
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.busy = True
+        try:
+            return fn(*args)
+        finally:
+            self.busy, self.last = False, time.monotonic()
+
+    def job(self, job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
+        return self._run(_job_body, job, ctx, stats, attempt)
+
+    def stats(self, piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
+        return self._run(_stats_body, piece, ctx, prev, attempt)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def pool_tag() -> str:
+    """Name prefix of pooled workers: raymerge's code and the job's runtime environment (which
+    may carry credentials), so a run only ever reuses workers of identical code and settings."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    env = ray.get_runtime_context().runtime_env or {}
+    h.update(json.dumps(env, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+class _Pool:
+    """Worker actors that outlive a run (``keep_workers`` seconds idle, detached and named, so the
+    next driver finds them warm) or live for one run (GPU clusters: one actor per GPU, so CUDA
+    and torch start once per run, not once per job as Ray's ``num_gpus`` tasks do)."""
+
+    def __init__(self, size: int, num_gpus: float, keep_s: float) -> None:
+        self.tag, self.num_gpus, self.keep_s = pool_tag(), num_gpus, keep_s
+        self.free = deque(range(size))
+        self.actors = [self._start(i) for i in range(size)]
+        self.busy: dict[ray.ObjectRef, int] = {}
+
+    def _start(self, i: int) -> Any:
+        opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": self.num_gpus, "max_restarts": 0}
+        if self.keep_s > 0:
+            opts.update(
+                name=f"raymerge-worker-{self.tag}-{i}",
+                namespace="raymerge",
+                lifetime="detached",
+                get_if_exists=True,
+            )
+        return _Worker.options(**opts).remote(self.keep_s)
+
+    def submit(self, kind: str, *args: Any) -> ray.ObjectRef:
+        i = self.free.popleft()
+        ref = getattr(self.actors[i], kind).remote(*args)
+        self.busy[ref] = i
+        return ref
+
+    def release(self, ref: ray.ObjectRef, exc: BaseException | None) -> None:
+        i = self.busy.pop(ref)
+        if isinstance(exc, ray.exceptions.RayActorError):
+            self.actors[i] = self._start(i)  # died (node lost, killed): a fresh one
+        self.free.append(i)
+
+    def close(self) -> None:
+        if self.keep_s <= 0:
+            for a in self.actors:
+                ray.kill(a)
 
 
 def _user_error(exc: BaseException) -> RaymergeError | None:
@@ -115,6 +212,23 @@ class _Runner:
         self.limit = opts.in_flight or 2 * cpus
         self.max_attempts = opts.max_attempts
         self.retries = 0
+        self.pool: _Pool | None = None
+        if opts.keep_workers > 0 or (gpus and self.num_gpus):
+            size = max(1, int(gpus)) if gpus and self.num_gpus else cpus
+            size = min(size, opts.in_flight or size)
+            self.pool = _Pool(size, 1 if gpus and self.num_gpus else 0, opts.keep_workers)
+            self.limit = size
+
+    def submit(self, kind: str, item_opts: dict[str, Any], *args: Any) -> ray.ObjectRef:
+        """One job or statistics task: to a pooled worker, or as a Ray task."""
+        if self.pool is not None:
+            return self.pool.submit(kind, *args)
+        fn = _remote_job if kind == "job" else _remote_stats
+        return fn.options(**item_opts).remote(*args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
     def run(
         self,
@@ -146,6 +260,8 @@ class _Runner:
                     try:
                         res = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - classify, then retry or fail
+                        if self.pool is not None:
+                            self.pool.release(ref, exc)
                         user = _user_error(exc)
                         if user is not None:
                             raise user from None
@@ -161,10 +277,15 @@ class _Runner:
                         )
                         go(item, attempt + 1)
                         continue
+                    if self.pool is not None:
+                        self.pool.release(ref, None)
                     on_done(item, res)
         except BaseException:
             for ref in pending:
-                ray.cancel(ref, force=True)
+                try:  # actor tasks (pooled workers) cannot be force-cancelled
+                    ray.cancel(ref, force=self.pool is None)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
             raise
 
 
@@ -190,7 +311,7 @@ def compute_stats(
         prev_refs = {name: ray.put(stats[name]) for name in {p.name for p in todo}}
 
         def submit(p: Piece, attempt: int, o: dict[str, Any], refs=prev_refs) -> ray.ObjectRef:
-            return _remote_stats.options(**o).remote(p, ctx_ref, refs[p.name], attempt)
+            return runner.submit("stats", o, p, ctx_ref, refs[p.name], attempt)
 
         def label(p: Piece, r: int = rnd) -> str:
             return f"statistics of {p.name!r} chunk {p.chunk} (round {r + 1})"
@@ -241,7 +362,11 @@ def zipit_stats(
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n_actors = max(1, min(len(shards), opts.num_cpus or cpus, cpus))
     actors = [
-        _ZipStatsActor.options(num_cpus=1).remote(arch, models, config) for _ in range(n_actors)
+        # idle pooled workers (keep_workers) may hold every CPU: do not wait for them
+        _ZipStatsActor.options(num_cpus=0 if opts.keep_workers > 0 else 1).remote(
+            arch, models, config
+        )
+        for _ in range(n_actors)
     ]
     try:
         x_ref = ray.put(x)
@@ -309,8 +434,6 @@ def execute(
     t0 = time.perf_counter()
     runner = _Runner(opts)
     ctx_ref = ray.put(ctx)
-    stats = compute_stats(jobs, all_jobs or jobs, ctx_ref, runner)
-    stats_ref = ray.put({**stats, **(external or {})})
     results: dict[int, dict[str, Any]] = {}
 
     def done(job: Job, res: dict[str, Any]) -> None:
@@ -318,12 +441,17 @@ def execute(
         if on_done:
             on_done(job, res)
 
-    runner.run(
-        jobs,
-        lambda j, attempt, o: _remote_job.options(**o).remote(j, ctx_ref, stats_ref, attempt),
-        lambda j: f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)",
-        lambda j: j.memory_bytes,
-        done,
-    )
+    try:
+        stats = compute_stats(jobs, all_jobs or jobs, ctx_ref, runner)
+        stats_ref = ray.put({**stats, **(external or {})})
+        runner.run(
+            jobs,
+            lambda j, attempt, o: runner.submit("job", o, j, ctx_ref, stats_ref, attempt),
+            lambda j: f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)",
+            lambda j: j.memory_bytes,
+            done,
+        )
+    finally:
+        runner.close()
     nodes = sorted({r["node"] for r in results.values()})
     return ExecResult(results, runner.retries, nodes, time.perf_counter() - t0)

@@ -326,6 +326,7 @@ def _summary(
         "retries": result.retries,
         "storage_retries": sum(r.get("storage_retries", 0) for r in result.results.values()),
         "nodes": len(result.nodes),
+        "worker_processes": len({r.get("pid") for r in result.results.values()}),
     }
 
 

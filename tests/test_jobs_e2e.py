@@ -19,11 +19,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from raymerge.cli import main as raymerge_main
 from raymerge.demo import free_port
 from raymerge.storage import resolve
+from tests.helpers import shard_bytes
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +180,7 @@ def ray_cluster():
             raise RuntimeError(
                 "Ray worker did not join:\n" + Path(tmp, "worker.log").read_text()[-3000:]
             )
-        yield dashboard, env
+        yield dashboard, env, f"127.0.0.1:{gcs}"
     finally:
         _kill_tree(procs, tmp)
         for log in logs:
@@ -212,7 +214,7 @@ def submit(dashboard: str, env: dict, *entrypoint: str) -> subprocess.CompletedP
 
 
 def test_merge_and_nightly_jobs_on_a_ray_cluster(ray_cluster, family, s3, tmp_path, capsys):
-    dashboard, env = ray_cluster
+    dashboard, env, _ = ray_cluster
     fs = resolve(f"s3://{BUCKET}", {"s3://": s3}).fs
     fs.mkdir(BUCKET)
     for p in family:
@@ -277,3 +279,45 @@ def test_merge_and_nightly_jobs_on_a_ray_cluster(ray_cluster, family, s3, tmp_pa
     assert json.loads(record)["fingerprint"][:8] == second[-8:] and s3["secret"] not in record
     with capsys.disabled():
         print("\n" + "\n".join(TIMES))
+
+
+def test_keep_workers_reuses_warm_processes_across_drivers(ray_cluster, family, tmp_path):
+    """Two `raymerge run` drivers against the same cluster: with --keep-workers the second one's
+    jobs run in the first one's worker processes (no start-up), and the pool exits when idle."""
+    _, env, address = ray_cluster
+    base, ft1, ft2 = family
+    cfg = tmp_path / "ta.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": base,
+                "models": [
+                    {"model": ft1, "parameters": {"weight": 0.5}},
+                    {"model": ft2, "parameters": {"weight": 0.5}},
+                ],
+            }
+        )
+    )
+    pids = []
+    for k in range(2):
+        out = tmp_path / f"out{k}"
+        cmd = [sys.executable, "-m", "raymerge", "run", str(cfg), str(out), "--address", address]
+        cmd += ["--keep-workers", "4", "--no-progress", "--job-bytes", "64KiB"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = pq.read_table(out / "manifest.parquet").to_pylist()
+        pids.append({row["pid"] for row in rows})
+    assert pids[1] <= pids[0] and all(pids)
+    assert shard_bytes(str(tmp_path / "out0")) == shard_bytes(str(tmp_path / "out1"))
+    # idle for longer than --keep-workers: the pool gives its CPUs back
+    check = (
+        "import ray, time, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "from ray.util import list_named_actors as ls; time.sleep(8); "
+        "print(len([a for a in ls(all_namespaces=True) if 'raymerge-worker' in a['name']]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", check, address], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "0"
