@@ -25,6 +25,8 @@ GB/s columns are *input bytes read* (the safetensors bytes of the models a metho
 linear and mergekit, three for task_arithmetic and the floor) divided by the median wall time.
 "x floor" is wall time over the I/O floor's wall time.
 
+* **raymerge, pooled**: the warm CLI run with ``--keep-workers 120``, after one untimed run that
+  starts the pool: each timed run is a fresh driver process that finds warm worker processes.
 * **raymerge, in-process**: the same configs through ``run_merge`` in one long-lived Python
   driver connected to the same cluster, after one untimed warm-up merge: what a notebook, a
   service or a nightly job merging several configs in one driver sees (no interpreter start-up,
@@ -674,6 +676,16 @@ def main(argv: list[str] | None = None) -> int:
             rows[label] = inproc(
                 label, configs[m], workdir / f"out-inproc-{m}", cluster, args.repeats, reads[m]
             )
+        # last: the pool holds the cluster's CPUs while idle
+        for m in methods:
+            label = f"raymerge {m} (pooled)"
+            out = workdir / f"out-pooled-{m}"
+            cmd = [*raymerge, str(configs[m]), str(out), "--address", cluster.address, *flags]
+            cmd += ["--keep-workers", "120"]
+            timed(cmd, cluster.driver_env, cluster.pid)  # untimed: starts the pool
+            rows[label] = repeat(
+                label, cmd, out, cluster.driver_env, args.repeats, reads[m], cluster.pid
+            )
 
     if "linear" in methods:
         out = workdir / "out-linear-cold"
@@ -697,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: dict[str, Any] = {}
     for m, (floor_max, mk_min) in TARGETS.items():
         mk = rows.get(f"mergekit {m}", {}).get("wall_s")
-        for mode in ("warm", "in-process"):
+        for mode in ("warm", "pooled", "in-process"):
             r = rows.get(f"raymerge {m} ({mode})", {})
             if "wall_s" not in r:
                 continue

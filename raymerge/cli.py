@@ -150,6 +150,16 @@ def print_summary(s: dict[str, Any], file=sys.stdout) -> None:
         ("retries (jobs / storage requests)", f"{s['retries']} / {s.get('storage_retries', 0)}"),
         ("nodes", s["nodes"]),
     ]
+    if "zipit" in s:
+        z = s["zipit"]
+        rows.append(
+            (
+                f"{z['matcher']} stage",
+                f"{z['spaces']} spaces, {z['samples']} samples on {z['actors']} actors, "
+                f"{z['within_model_merges']} within-model merges; statistics "
+                f"{z['stats_s']:.2f} s, matching {z['match_s']:.2f} s",
+            )
+        )
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}", file=file)
