@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from raymerge.errors import RaymergeError
-from raymerge.io.reader import TensorSource
+from raymerge.io.header import TensorSource
 from raymerge.job import JobContext, run_job, run_stats
 from raymerge.methods.base import Stats, combine
 from raymerge.plan import Job, Piece

@@ -37,8 +37,7 @@ from raymerge.config import (
     resolve_parameters,
 )
 from raymerge.errors import ConfigError, InputError
-from raymerge.io.header import FLOAT_DTYPES, build_header, itemsize
-from raymerge.io.reader import TensorSource
+from raymerge.io.header import FLOAT_DTYPES, TensorSource, build_header, itemsize
 from raymerge.methods import BLOCK_ELEMENTS
 from raymerge.methods.base import stat_unit
 from raymerge.zipit.spaces import ZipLayout, describe

@@ -27,9 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from raymerge.errors import InputError
 
 _SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|session|key$|^key)", re.I)
@@ -53,6 +50,8 @@ class Location:
 
     @property
     def is_local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
         return isinstance(self.fs, LocalFileSystem)
 
     @property
@@ -94,6 +93,8 @@ def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = 
     url = normalize_ref(ref)
     opts = options_for(url, storage_options)
     try:
+        import fsspec  # here, not at import: config and planning need no filesystem
+
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as exc:
         raise InputError(

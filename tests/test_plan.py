@@ -11,8 +11,7 @@ import pytest
 
 from raymerge.config import load_config
 from raymerge.errors import InputError
-from raymerge.io.header import build_header, itemsize, parse_header
-from raymerge.io.reader import TensorSource
+from raymerge.io.header import TensorSource, build_header, itemsize, parse_header
 from raymerge.plan import GiB, MiB, make_plan
 from raymerge.runner import RunOptions, build_plan
 

@@ -75,6 +75,18 @@ def itemsize(dtype: str) -> int:
 
 
 @dataclass(frozen=True)
+class TensorSource:
+    """Where one tensor's bytes live: file (name within the model folder) and absolute range."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class TensorEntry:
     """One tensor of a safetensors file; offsets relative to the data buffer, end exclusive."""
 

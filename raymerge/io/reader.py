@@ -30,6 +30,7 @@ from raymerge.io.header import (
     HeaderError,
     ShardHeader,
     TensorEntry,
+    TensorSource,
     header_length,
     parse_header,
 )
@@ -55,18 +56,6 @@ HEADER_PROBE_BYTES = 1 << 16
 READ_CONCURRENCY = 16
 _SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 MAX_INDEX_BYTES = 200_000_000
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    """Where one tensor's bytes live: file (name within the model folder) and absolute range."""
-
-    name: str
-    file: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
 
 
 @dataclass

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from raymerge.errors import InputError
-from raymerge.io.reader import TensorSource, decode
+from raymerge.io.header import TensorSource
+from raymerge.io.reader import decode
 from raymerge.job import fetch
 from raymerge.storage import Location
 from raymerge.zipit.forward import llama_forward, mlp_forward
