@@ -20,9 +20,10 @@ from raymerge.methods.linear import LINEAR
 from raymerge.methods.model_stock import MODEL_STOCK
 from raymerge.methods.passthrough import PASSTHROUGH
 from raymerge.methods.slerp import SLERP
+from raymerge.methods.zipit import PERMUTE, ZIPIT
 
 REGISTRY: dict[str, MergeMethod] = {
-    m.name: m for m in (LINEAR, *GTA_METHODS, SLERP, MODEL_STOCK, PASSTHROUGH)
+    m.name: m for m in (LINEAR, *GTA_METHODS, SLERP, MODEL_STOCK, PASSTHROUGH, ZIPIT, PERMUTE)
 }
 
 
@@ -41,6 +42,8 @@ def _blocks(method: MergeMethod, info: PieceInfo, params: dict[str, Any]) -> lis
     """Element ranges [a, b) of the piece, relative to it. Each is a whole number of stat units
     (and of rows for row-local methods), so blockwise statistics equal whole-piece ones."""
     n = info.elem_end - info.elem_start
+    if method.whole:
+        return [(0, n)]
     if method.row_local(params):
         if len(info.shape) < 2 or math.prod(info.shape[1:]) == 0:
             return [(0, n)]
@@ -53,14 +56,27 @@ def _blocks(method: MergeMethod, info: PieceInfo, params: dict[str, Any]) -> lis
 
 
 def _view(
-    t: torch.Tensor | None, a: int, b: int, shape: tuple[int, ...] | None, dtype: torch.dtype
+    t: torch.Tensor | None,
+    a: int,
+    b: int,
+    shape: tuple[int, ...] | None,
+    dtype: torch.dtype | None,
+    buf: dict[str, torch.Tensor] | None = None,
 ):
+    """Elements [a, b) of ``t`` in ``dtype`` (None: as stored), shaped ``shape``. A conversion
+    goes into ``buf["t"]`` (grown as needed, reused by the next block), so converting block
+    after block touches the same memory instead of fresh pages each time."""
     if t is None:
         return None
     blk = t.reshape(-1)[a:b]
+    if dtype is not None and blk.dtype != dtype and buf is not None:
+        cur = buf.get("t")
+        if cur is None or cur.numel() < b - a or cur.device != blk.device:
+            cur = buf["t"] = torch.empty(b - a, dtype=dtype, device=blk.device)
+        blk = cur[: b - a].copy_(blk)
     if shape is not None:
         blk = blk.reshape(shape)
-    return blk.to(dtype)
+    return blk if dtype is None else blk.to(dtype)
 
 
 def _sub(info: PieceInfo, a: int, b: int) -> PieceInfo:
@@ -76,11 +92,16 @@ def _block_shape(method: MergeMethod, info: PieceInfo, params: dict[str, Any], a
 
 
 def _block_inputs(method, info, params, base, tensors, math_dtype):
-    """Per block: (block range, block PieceInfo, base block, input blocks) in the math dtype."""
+    """Per block: (block range, block PieceInfo, base block, input blocks) in the math dtype
+    (``math_dtype=None``: in their storage dtype, for ``raw_inputs`` functions).
+
+    Converted blocks live in buffers reused by the next block: consume a block's tensors (and
+    anything the method returns that might alias them) before asking for the next one."""
+    bufs: list[dict[str, torch.Tensor]] = [{} for _ in range(len(tensors) + 1)]
     for a, b in _blocks(method, info, params):
         shape = _block_shape(method, info, params, a, b)
-        xs = [_view(x, a, b, shape, math_dtype) for x in tensors]
-        yield (a, b), _sub(info, a, b), _view(base, a, b, shape, math_dtype), xs
+        xs = [_view(x, a, b, shape, math_dtype, buf) for x, buf in zip(tensors, bufs[1:])]
+        yield (a, b), _sub(info, a, b), _view(base, a, b, shape, math_dtype, bufs[0]), xs
 
 
 def piece_stats(
@@ -93,8 +114,17 @@ def piece_stats(
     prev: Sequence[Stats],
     math_dtype: torch.dtype = torch.float32,
 ) -> Stats:
-    """Partial statistics of round ``len(prev)`` for one piece (computed blockwise)."""
+    """Partial statistics of round ``len(prev)`` for one piece (computed blockwise; for rounds
+    marked ``raw_inputs`` / ``whole_piece`` see :func:`merge_piece`)."""
     rnd = method.stat_rounds(params, model_params)[len(prev)]
+    if getattr(rnd, "whole_piece", False):  # raw inputs, its own steps: one call for the piece
+        return rnd(info, base, tensors, model_params, params, list(prev), math_dtype=math_dtype)
+    if getattr(rnd, "raw_inputs", False):
+        blocks = _block_inputs(method, info, params, base, tensors, None)
+        return combine([
+            rnd(sub, b, xs, model_params, params, list(prev), math_dtype=math_dtype)
+            for _, sub, b, xs in blocks
+        ])  # fmt: skip
     return combine([
         rnd(sub, b, xs, model_params, params, list(prev))
         for _, sub, b, xs in _block_inputs(method, info, params, base, tensors, math_dtype)
@@ -119,6 +149,12 @@ def merge_piece(
     ``stats=None`` means the piece is the whole tensor and the statistics rounds run here;
     chunked pieces get the reduced ``stats``. The result goes into ``out`` (any dtype, the
     piece's number of elements) or a new tensor in the math dtype, shaped like the piece.
+
+    Kernels and stat rounds marked ``raw_inputs`` (attribute) get each block in its storage
+    dtype plus the keyword ``math_dtype`` and convert it themselves, a cache-sized step at a
+    time; such kernels also take the keyword ``out`` (the block's contiguous slice of the
+    output, in its dtype) and write their result there. Rounds marked ``whole_piece`` (raw
+    too) get the whole piece in one call and return its partial.
     """
     if stats is None:
         stats = []
@@ -129,6 +165,19 @@ def merge_piece(
     ref = base if base is not None else tensors[0]
     result = out if out is not None else torch.empty(ref.shape, dtype=math_dtype, device=ref.device)
     flat = result.reshape(-1)
+    if getattr(method.kernel, "raw_inputs", False):
+        for (a, b), sub, b_blk, xs in _block_inputs(method, info, params, base, tensors, None):
+            method.kernel(
+                b_blk,
+                xs,
+                model_params,
+                params,
+                info=sub,
+                stats=stats,
+                math_dtype=math_dtype,
+                out=flat[a:b],
+            )
+        return result
     for (a, b), sub, b_blk, xs in _block_inputs(method, info, params, base, tensors, math_dtype):
         blk = method.kernel(b_blk, xs, model_params, params, info=sub, stats=stats)
         flat[a:b] = blk.reshape(-1)

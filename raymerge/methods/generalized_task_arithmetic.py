@@ -28,7 +28,8 @@ accumulated in float64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -39,9 +40,74 @@ from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, unif
 
 RESCALE_EPS = 1e-7
 
+# On CPU, the kernel and the histogram rounds go through their input in steps, with a few
+# reused step-sized buffers: few enough bytes to stay in cache, enough elements per torch call
+# to keep the per-call overhead small (tuned on one thread: benchmarks/kernels_cpu.py). Other
+# devices take larger steps. Elementwise results do not depend on the step.
+KERNEL_STEP_BYTES = 8 << 20  # all of the kernel's step buffers together
+HIST_STEP = 1 << 19  # elements per step of the histogram rounds (also amortizes a histogram)
+DEVICE_STEP = 1 << 22  # elements per step off the CPU
 
-def _deltas(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [torch.sub(x, base) for x in tensors]
+
+def _steps(n: int, device: torch.device, step: int) -> list[tuple[int, int]]:
+    step = step if device.type == "cpu" else max(step, DEVICE_STEP)
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, rows: int, size: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A (rows, size) scratch tensor kept per thread and reused by the next call: a fresh
+    allocation of a few MB costs page faults on first touch, block after block."""
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    key = (name, dtype, torch.device(device))
+    t = bufs.get(key)
+    if t is None or t.numel() < rows * size:
+        t = bufs[key] = torch.empty(rows * size, dtype=dtype, device=device)
+    return t[: rows * size].view(rows, size)
+
+
+class _Steps:
+    """Step-sized views of a block's flat inputs in the math dtype (converted into reused
+    buffers where the storage dtype differs) and of scratch buffers.
+
+    The stat rounds and the kernel take their inputs in the storage dtype (``raw_inputs``, see
+    ``raymerge.methods.merge_piece``) so that the conversion happens here, a step at a time,
+    while the step is in cache."""
+
+    def __init__(self, base, tensors, math_dtype, step: int, deltas: int, scratch: int = 0):
+        self.md = math_dtype or base.dtype
+        self.b = base.reshape(-1)
+        self.xs = [x.reshape(-1) for x in tensors]
+        self.n = self.b.numel()
+        self.device = self.b.device
+        self.steps = _steps(self.n, self.device, step)
+        self.size = max((e - s for s, e in self.steps), default=0)
+        self.bbuf = None if self.b.dtype == self.md else self.scratch_of("b", 1, self.md)[0]
+        self.d = self.scratch_of("d", deltas, self.md)
+        self.scratch = self.scratch_of("s", scratch, self.md)
+
+    def scratch_of(self, name: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
+        return _scratch(name, rows, self.size, dtype, self.device)
+
+    def base(self, s: int, e: int) -> torch.Tensor:
+        if self.bbuf is None:
+            return self.b[s:e]
+        return self.bbuf[: e - s].copy_(self.b[s:e])
+
+    def delta(self, i: int, s: int, e: int, bs: torch.Tensor, slot: int | None = None):
+        """x_i - base in the math dtype (``bs``: ``self.base(s, e)``), as ``torch.sub`` gives,
+        in delta buffer ``slot`` (default ``i``)."""
+        x = self.xs[i][s:e]
+        d = self.d[i if slot is None else slot, : e - s]
+        if x.dtype == self.md:
+            return torch.sub(x, bs, out=d)
+        return d.copy_(x).sub_(bs)  # the conversion is exact; then one rounding, as above
+
+
+def _md(t: torch.Tensor, math_dtype) -> torch.Tensor:
+    return t if math_dtype is None else t.to(math_dtype)
 
 
 # --------------------------------------------------------------------------- sparsification
@@ -63,39 +129,77 @@ def _magnitude_ranks(kind: str, numel: int, p: dict[str, Any]) -> list[int] | No
     return [] if target == 0 else [n_bot, n_bot + target - 1]
 
 
-def _round_high(kind, info, base, tensors, model_params, params, prev) -> Stats:
-    hists = []
-    for d, p in zip(_deltas(base, tensors), model_params):
-        ranks = _magnitude_ranks(kind, info.numel, p)
-        hists.append(
-            selection.high_histogram(selection.magnitude_bits(d))
-            if ranks
-            else torch.zeros(selection.HI_BINS, dtype=torch.int64, device=d.device)
-        )
-    return {"hi": torch.stack(hists)}
+def _histogram_pass(base, tensors, math_dtype, models, visit) -> None:
+    """Per step and model index in ``models``: ``visit(i, bits, tmp, tmp2)`` with the magnitude
+    bits of the step's delta (``selection.magnitude_keys``; may be overwritten) and two int32
+    scratch buffers of the step's size."""
+    if not models:
+        return
+    st = _Steps(base, tensors, math_dtype, HIST_STEP, deltas=1)
+    tmp = st.scratch_of("k", 3, torch.int32)
+    for s, e in st.steps:
+        bs = st.base(s, e)
+        for i in models:
+            d = st.delta(i, s, e, bs, slot=0)
+            # float32: the bits replace the delta in place (it is not needed again)
+            own = d.view(torch.int32) if d.dtype == torch.float32 else tmp[2, : e - s]
+            visit(i, selection.magnitude_keys(d, own), tmp[0, : e - s], tmp[1, : e - s])
 
 
-def _round_low(kind, info, base, tensors, model_params, params, prev) -> Stats:
+def _round_high(kind, info, base, tensors, model_params, params, prev, *, math_dtype=None) -> Stats:
+    hist = torch.zeros(len(tensors), selection.HI_BINS, dtype=torch.int64, device=base.device)
+    models = [i for i, p in enumerate(model_params) if _magnitude_ranks(kind, info.numel, p)]
+
+    def visit(i, bits, tmp, tmp2):
+        selection.add_high_histogram(hist[i], selection.high_keys(bits, out=bits))
+
+    _histogram_pass(base, tensors, math_dtype, models, visit)
+    return {"hi": hist}
+
+
+def _round_low(kind, info, base, tensors, model_params, params, prev, *, math_dtype=None) -> Stats:
     hi = prev[0]["hi"]
-    out = []
-    for i, (d, p) in enumerate(zip(_deltas(base, tensors), model_params)):
+    lo = torch.zeros(len(tensors), 2, selection.LO_BINS, dtype=torch.int64, device=base.device)
+    rank_bins: dict[int, list[int]] = {}  # model -> high bin of each rank
+    for i, p in enumerate(model_params):
         ranks = _magnitude_ranks(kind, info.numel, p) or []
-        bits = selection.magnitude_bits(d) if ranks else None
-        rows = []
-        for r in range(2):
-            if r < len(ranks):
-                b, _ = selection.locate(hi[i], ranks[r])
-                rows.append(selection.low_histogram(bits, b))
-            else:
-                rows.append(torch.zeros(selection.LO_BINS, dtype=torch.int64, device=d.device))
-        out.append(torch.stack(rows))
-    return {"lo": torch.stack(out)}
+        if ranks:
+            rank_bins[i] = [selection.locate(hi[i], rank)[0] for rank in ranks]
+
+    def visit(i, bits, tmp, tmp2):
+        first, *rest = rank_bins[i]
+        if rest and rest[0] != first:  # a second bin (low_keys leaves the bits as they were)
+            selection.add_low_histogram(lo[i, 1], selection.low_keys(bits, rest[0], tmp, tmp2))
+        selection.add_low_histogram(lo[i, 0], selection.low_keys(bits, first, tmp, tmp2))
+
+    _histogram_pass(base, tensors, math_dtype, list(rank_bins), visit)
+    for i, bs in rank_bins.items():
+        if len(bs) == 2 and bs[0] == bs[1]:
+            lo[i, 1] = lo[i, 0]  # both ranks in one bin
+    return {"lo": lo}
 
 
 def _thresholds(
     kind: str, info: PieceInfo, model_params, stats
 ) -> list[tuple[float, float] | None]:
-    """Per model: (low, high) magnitude bounds of the kept set, or None = keep all."""
+    """Per model: (low, high) magnitude bounds of the kept set, or None = keep all.
+
+    Remembered (per thread) for the last statistics objects seen: every block of a piece asks
+    again, and each answer takes a few histogram scans."""
+    ranks = [_magnitude_ranks(kind, info.numel, p) for p in model_params]
+    key = (kind, info.numel, repr(ranks))
+    if ranks and any(r for r in ranks):
+        held = (stats[0]["hi"], stats[1]["lo"])
+        last = _SCRATCH.__dict__.get("thresholds")
+        if last is not None and last[0] == key and all(a is b for a, b in zip(last[1], held)):
+            return last[2]
+        out = _find_thresholds(kind, info, model_params, stats)
+        _SCRATCH.thresholds = (key, held, out)
+        return out
+    return _find_thresholds(kind, info, model_params, stats)
+
+
+def _find_thresholds(kind: str, info: PieceInfo, model_params, stats):
     out: list[tuple[float, float] | None] = []
     for i, p in enumerate(model_params):
         ranks = _magnitude_ranks(kind, info.numel, p)
@@ -114,68 +218,99 @@ def _thresholds(
     return out
 
 
-def _della_mask(info: PieceInfo, i: int, d: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
-    """DELLA's MagPrune: keep probability rises linearly with the magnitude rank in each row
-    (along dim 1; rank <= 1 tensors are one row), from density - epsilon to density + epsilon."""
+def _della_probs(
+    info: PieceInfo, i: int, d: torch.Tensor, p: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DELLA's MagPrune as flat (uniforms, keep probabilities): an element is kept where its
+    uniform < its probability, which rises linearly with the magnitude rank in each row (along
+    dim 1; rank <= 1 tensors are one row), from density - epsilon to density + epsilon."""
     density, eps = p["density"], p["epsilon"]
     if density + eps >= 1 or density - eps <= 0:
         raise ValueError(
             f"della: density {density} +/- epsilon {eps} must stay inside (0, 1) "
             f"(tensor {info.name!r})"
         )
-    shape = d.shape
     m = d.reshape(1, -1) if d.dim() < 2 else d
     order = torch.argsort(m.abs(), dim=1, stable=True)
-    ranks = torch.argsort(order, dim=1, stable=True).to(torch.float32)
     n = m.shape[1]
+    # each row's ranks: the inverse permutation of its order (what argsort(order) gives)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(n, device=d.device).expand_as(order))
+    del order
+    ranks = ranks.to(torch.float32)
     rank_norm = ranks / (n - 1) if n > 1 else torch.zeros_like(ranks)
     probs = (density - eps) + rank_norm * 2 * eps
-    u = uniform(info, i, d.device).reshape(m.shape)
-    return (u < probs).reshape(shape)
+    return uniform(info, i, d.device), probs.reshape(-1)
 
 
-def _masks(kind: str, info: PieceInfo, deltas, model_params, stats) -> list[torch.Tensor | None]:
-    """Per model keep-mask for the piece (None = keep all)."""
+MaskFn = Callable[[torch.Tensor, int, int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _mask_fns(
+    kind: str, info: PieceInfo, base, tensors, model_params, stats, math_dtype
+) -> list[MaskFn | None]:
+    """Per model: None (keep all) or ``fn(d, s, e, out, tmp)``: the keep-mask of ``d``, the
+    delta of elements [s, e) of the block, as 1.0 / 0.0 in ``out`` (``tmp``: scratch).
+
+    Multiplying by these float masks gives exactly what multiplying by boolean masks gives, and
+    float comparisons run several times faster than boolean ones on CPU."""
     if kind in ("magnitude", "magnitude_outliers"):
-        masks = []
-        for d, th in zip(deltas, _thresholds(kind, info, model_params, stats)):
-            if th is None:
-                masks.append(None)
-            elif th[1] == float("inf"):
-                masks.append(d.abs() >= th[0])
-            else:
-                a = d.abs()
-                masks.append((a >= th[0]) & (a <= th[1]))
-        return masks
+        return [
+            None if th is None else partial(_mask_magnitude, th[0], th[1])
+            for th in _thresholds(kind, info, model_params, stats)
+        ]
     if kind == "random":
         return [
             None
             if p["density"] >= 1
-            else uniform(info, i, d.device).reshape(d.shape) < p["density"]
-            for i, (d, p) in enumerate(zip(deltas, model_params))
+            else partial(_mask_below, uniform(info, i, base.device), p["density"])
+            for i, p in enumerate(model_params)
         ]
     if kind == "della":
-        return [
-            None
-            if p["density"] >= 1
-            else (
-                torch.zeros_like(d, dtype=torch.bool)
-                if p["density"] <= 0
-                else _della_mask(info, i, d, p)
-            )
-            for i, (d, p) in enumerate(zip(deltas, model_params))
-        ]
-    return [None for _ in deltas]
+        fns: list[MaskFn | None] = []
+        for i, (x, p) in enumerate(zip(tensors, model_params)):
+            if p["density"] >= 1:
+                fns.append(None)
+            elif p["density"] <= 0:
+                fns.append(_mask_nothing)
+            else:
+                d = torch.sub(_md(x, math_dtype), _md(base, math_dtype))
+                fns.append(partial(_mask_below, *_della_probs(info, i, d, p)))
+                del d
+        return fns
+    return [None for _ in tensors]
 
 
-def _round_rescale(kind, info, base, tensors, model_params, params, prev) -> Stats:
-    deltas = _deltas(base, tensors)
-    masks = _masks(kind, info, deltas, model_params, prev)
+def _mask_magnitude(low, high, d, s, e, out, tmp) -> torch.Tensor:
+    a = torch.abs(d, out=out)
+    if high == float("inf"):
+        return torch.ge(a, low, out=out)
+    torch.ge(a, low, out=tmp)
+    return torch.le(a, high, out=out).mul_(tmp)
+
+
+def _mask_below(u, limit, d, s, e, out, tmp) -> torch.Tensor:
+    return torch.lt(u[s:e], limit[s:e] if isinstance(limit, torch.Tensor) else limit, out=out)
+
+
+def _mask_nothing(d, s, e, out, tmp) -> torch.Tensor:
+    return out.zero_()
+
+
+def _round_rescale(
+    kind, info, base, tensors, model_params, params, prev, *, math_dtype=None
+) -> Stats:
+    fns = _mask_fns(kind, info, base, tensors, model_params, prev, math_dtype)
+    base = _md(base, math_dtype)
     before, after = [], []
-    for d, m in zip(deltas, masks):
+    for x, fn in zip(tensors, fns):
+        d = torch.sub(_md(x, math_dtype), base)
         a = d.abs()
         before.append(unit_sums(a, info.unit))
-        after.append(unit_sums(a if m is None else a * m, info.unit))
+        if fn is not None:
+            flat = d.view(-1)
+            a.mul_(fn(flat, 0, flat.numel(), flat, torch.empty_like(flat)).view(a.shape))
+        after.append(unit_sums(a, info.unit))
     return {"cat:before": torch.stack(before, dim=1), "cat:after": torch.stack(after, dim=1)}
 
 
@@ -188,18 +323,30 @@ def _check_della(params: dict[str, Any], model_params) -> list[str]:
     ]
 
 
+def _raw(fn, whole_piece: bool = False):
+    """Mark a stat round or kernel as taking storage-dtype inputs plus ``math_dtype`` (and, for
+    kernels, ``out``); a ``whole_piece`` round takes the whole piece in one call, as it works
+    in steps of its own: see ``raymerge.methods.merge_piece``."""
+    fn.raw_inputs = True
+    fn.whole_piece = whole_piece
+    return fn
+
+
 def _stat_rounds(kind: str, params: dict[str, Any], model_params) -> tuple:
     rounds: list = []
     if kind in ("magnitude", "magnitude_outliers") and any(
         p.get("density", 1.0) < 1 for p in model_params
     ):
-        rounds += [partial(_round_high, kind), partial(_round_low, kind)]
+        rounds += [
+            _raw(partial(_round_high, kind), whole_piece=True),
+            _raw(partial(_round_low, kind), whole_piece=True),
+        ]
     if (
         kind != "none"
         and params.get("rescale")
         and any(p.get("density", 1.0) < 1 for p in model_params)
     ):
-        rounds.append(partial(_round_rescale, kind))
+        rounds.append(_raw(partial(_round_rescale, kind)))
     return tuple(rounds)
 
 
@@ -216,50 +363,110 @@ def _merge(
     *,
     info: PieceInfo,
     stats: Sequence[Stats] = (),
+    math_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    deltas = _deltas(base, tensors)
-    masks = _masks(kind, info, deltas, model_params, stats)
+    """The merged block, computed in steps with exactly the arithmetic of: delta_i = x_i - base;
+    masked, rescaled, weighted; elected = +1 where their sum is >= 0, else -1; agree_i = sign
+    (0 for zeros) == elected; mixed = 0 + sum of agreeing (or all) weighted deltas, / divisor,
+    * lambda; + base. Inputs may come in their storage dtype (math in ``math_dtype``, default
+    the base's); the result goes into ``out`` (contiguous, the block's elements, any dtype:
+    converted per step) or a new tensor in the math dtype, and comes back shaped like the base.
+    """
+    md = math_dtype or base.dtype
+    masks = _mask_fns(kind, info, base, tensors, model_params, stats, math_dtype)
     rescale = kind != "none" and params.get("rescale") and stats and "cat:before" in stats[-1]
+    factors: list[float | None] = [None for _ in tensors]
     if rescale:
         before = stats[-1]["cat:before"].sum(dim=0)
         after = stats[-1]["cat:after"].sum(dim=0)
+        for i, m in enumerate(masks):
+            if m is not None and before[i] >= RESCALE_EPS and after[i] >= RESCALE_EPS:
+                factors[i] = float(before[i] / after[i])
     weights = [float(p["weight"]) for p in model_params]
-    for i, m in enumerate(masks):
-        if m is not None:
-            deltas[i].mul_(m)
-            if (
-                rescale
-                and masks[i] is not None
-                and before[i] >= RESCALE_EPS
-                and after[i] >= RESCALE_EPS
-            ):
-                deltas[i].mul_(float(before[i] / after[i]))
-        deltas[i].mul_(weights[i])
-    mixed = torch.zeros_like(base)
-    divisor: torch.Tensor | float
-    if consensus:
-        total = torch.zeros_like(base)
-        for d in deltas:
-            total.add_(d)
-        elected = torch.where(total >= 0, 1.0, -1.0).to(base.dtype)
-        del total
-        divisor = torch.zeros_like(base)
-        for d, w in zip(deltas, weights):
-            agree = torch.sign(d) == elected
-            mixed.add_(d * agree)
-            divisor.add_(agree.to(base.dtype), alpha=w)
-        divisor[divisor == 0] = 1
-    else:
-        for d in deltas:
-            mixed.add_(d)
-        divisor = sum(weights)
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-    if params["normalize"]:
-        mixed.div_(divisor)
-    if params["lambda"] != 1:
-        mixed.mul_(params["lambda"])
-    return mixed.add_(base)
+    normalize = params["normalize"]
+    lam = params["lambda"]
+    divisor = sum(weights)
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+
+    # magnitude cutoffs t as hardshrink(d, t'): d where |d| > t' (t' the next float below t,
+    # so: |d| >= t, and NaN), else 0 -- (d * mask) but for the sign of zeros, which nothing
+    # below can see (zeros never agree, and all sums start from +0)
+    shrink: list[float | None] = [None for _ in tensors]
+    if kind == "magnitude":
+        for i, th in enumerate(_thresholds(kind, info, model_params, stats)):
+            if th is not None and th[1] == float("inf") and th[0] < float("inf"):
+                below = torch.nextafter(torch.tensor(th[0], dtype=md), torch.tensor(0, dtype=md))
+                shrink[i] = float(below)
+
+    if out is None:
+        out = torch.empty(base.shape, dtype=md, device=base.device)
+    res = out.view(-1)
+    item = torch.empty(0, dtype=md).element_size()
+    step = max(1 << 12, KERNEL_STEP_BYTES // ((len(tensors) + 5) * item))
+    st = _Steps(base, tensors, math_dtype, step, deltas=len(tensors), scratch=4)
+    # 0-dim constants: ops below broadcast them instead of taking a separate pass
+    zero, minus_one = (torch.tensor(v, dtype=md, device=st.device) for v in (0.0, -1.0))
+    w_min = min(weights)
+    # without consensus, a plain first model goes straight into mixed = 0 + w * d
+    fold = not consensus and masks[0] is None
+    for s, e in st.steps:
+        k = e - s
+        bs = st.base(s, e)
+        tmp, tmp2, div, mixed = (t[:k] for t in st.scratch)
+        deltas = []
+        for i in range(len(tensors)):
+            d = st.delta(i, s, e, bs)
+            if masks[i] is None:
+                if i == 0 and fold:
+                    torch.add(zero, d, alpha=weights[0], out=mixed)  # one rounding either way
+                    continue
+                d.mul_(weights[i])
+            elif shrink[i] is not None:
+                torch.ops.aten.hardshrink.out(d, shrink[i], out=d)
+                if factors[i] is not None:
+                    d.mul_(factors[i])
+                d.mul_(weights[i])
+            elif factors[i] is None:
+                # 0 + w * d * mask: (d * mask) * w but for the sign of zeros (see above)
+                torch.addcmul(zero, d, masks[i](d, s, e, tmp, tmp2), value=weights[i], out=d)
+            else:
+                d.mul_(masks[i](d, s, e, tmp, tmp2)).mul_(factors[i]).mul_(weights[i])
+            deltas.append(d)
+        if consensus:
+            total = deltas[0] if len(deltas) == 1 else torch.add(deltas[0], deltas[1], out=tmp)
+            for d in deltas[2:]:
+                total.add_(d)
+            # elected sign: +1 where total >= 0, else -1 (NaN included)
+            elected = torch.add(minus_one, torch.ge(total, 0, out=tmp), alpha=2, out=tmp)
+            for j, (d, w) in enumerate(zip(deltas, weights)):
+                agree = torch.eq(torch.sign(d, out=tmp2), elected, out=tmp2)
+                torch.addcmul(mixed if j else zero, d, agree, out=mixed)  # from 0 + d * agree
+                if normalize and j == 0:
+                    torch.mul(agree, w, out=div)  # = 0 + w * agree but for the sign of a zero
+                elif normalize:
+                    div.add_(agree, alpha=w)
+            if normalize:
+                if w_min > 0:  # divisor 0 (nothing agrees: mixed is +0 or NaN) or >= w_min
+                    div.clamp_min_(w_min)
+                else:  # no agreeing weight: divide by 1
+                    div.add_(torch.eq(div, 0, out=tmp2))
+                mixed.div_(div)
+        else:
+            if not fold:
+                torch.add(zero, deltas.pop(0), out=mixed)
+            for d in deltas:
+                mixed.add_(d)
+            if normalize:
+                mixed.div_(divisor)
+        if lam != 1:
+            mixed.mul_(lam)
+        if res.dtype == md:
+            torch.add(mixed, bs, out=res[s:e])
+        else:  # (faster than an add converting on the fly)
+            res[s:e].copy_(mixed.add_(bs))
+    return out.view(base.shape)
 
 
 # --------------------------------------------------------------------------- registry entries
@@ -324,7 +531,7 @@ def _family(name, kind, consensus, normalize, rescale, reference, doc, extra=())
     # task_arithmetic accepts density and rescale too (without effect), as mergekit does
     params = (WEIGHT, _normalize(normalize), LAMBDA, INT8_MASK, DENSITY, _rescale(rescale))
     params += tuple(extra)
-    kernel = partial(_merge, kind, consensus)
+    kernel = _raw(partial(_merge, kind, consensus))
     kernel.__doc__ = f"{doc} (sparsification: {kind}, sign consensus: {consensus})."
     return MergeMethod(
         name=name,

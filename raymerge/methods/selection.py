@@ -11,6 +11,10 @@ their bit patterns as integers):
 Histograms are integer counts, so partials from any chunking add up to the same numbers, and the
 threshold is the exact rank statistic (the same value ``torch.kthvalue`` would return).
 
+``high_histogram`` / ``low_histogram`` define the two histograms; the kernels build the same counts
+step by step from ``magnitude_keys`` -> ``high_keys`` / ``low_keys`` -> ``add_*_histogram``, which
+avoid boolean passes and slow counting patterns (see ``low_keys``).
+
 Tie rule at the cutoff (documented difference from mergekit, whose argsort keeps an arbitrary
 subset of equal magnitudes): every element whose magnitude equals the cutoff value is kept.
 """
@@ -28,8 +32,49 @@ def magnitude_bits(x: torch.Tensor) -> torch.Tensor:
     return x.detach().abs().to(torch.float32).contiguous().view(torch.int32).reshape(-1)
 
 
+def magnitude_keys(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``magnitude_bits(x)`` written into the int32 buffer ``out`` (same number of elements).
+
+    For float32 ``x`` this is one integer pass (clear the sign bit; ``out`` may alias ``x``);
+    other dtypes go through |x| rounded to float32, as ``magnitude_bits`` does."""
+    flat = x.detach().reshape(-1)
+    if flat.dtype == torch.float32:
+        return torch.bitwise_and(flat.view(torch.int32), 0x7FFFFFFF, out=out)
+    out.view(torch.float32).copy_(flat.abs())
+    return out
+
+
 def high_histogram(bits: torch.Tensor) -> torch.Tensor:
     return torch.bincount(bits >> 16, minlength=HI_BINS).to(torch.int64)
+
+
+def high_keys(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Keys whose ``add_high_histogram`` is ``high_histogram(bits)``."""
+    return torch.bitwise_right_shift(bits, 16, out=out)
+
+
+def add_high_histogram(hist: torch.Tensor, keys: torch.Tensor) -> None:
+    hist += torch.bincount(keys, minlength=HI_BINS)
+
+
+def low_keys(bits: torch.Tensor, high: int, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """Keys whose ``add_low_histogram`` is ``low_histogram(bits, high)`` (``tmp``: int32
+    scratch of the same size; ``bits`` is left as it was).
+
+    Selecting the elements of bin ``high`` takes slow boolean passes, and clamping the others
+    onto two end bins makes the counting loop slow (two hot counters in random order).
+    Instead w = bits ^ (high << 16) is the low 16 bits for elements of the bin (w < 2^16) and
+    at least 2^16 for the others, whose key min(w, 2^16 | (w >> 16)) spreads them over bins
+    2^16 + (1..32767) by their high bits (low bits spread badly: deltas of bf16 weights have
+    few); only the first 2^16 bins are counted."""
+    torch.bitwise_xor(bits, high << 16, out=out)
+    torch.bitwise_right_shift(out, 16, out=tmp)
+    tmp.bitwise_or_(LO_BINS)
+    return torch.minimum(out, tmp, out=out)
+
+
+def add_low_histogram(hist: torch.Tensor, keys: torch.Tensor) -> None:
+    hist += torch.bincount(keys, minlength=LO_BINS + HI_BINS)[:LO_BINS]
 
 
 def locate(hist: torch.Tensor, rank: int) -> tuple[int, int]:

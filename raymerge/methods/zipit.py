@@ -44,7 +44,11 @@ def _zip(
     stats: Sequence[Stats] = (),
 ) -> torch.Tensor:
     """W' = sum_k M_out^k W^k U_in^k for one whole tensor (see raymerge.zipit.apply)."""
-    layout = params["layout"]
+    # a tensor in no feature space (or called outside a planned zipit run): the plain average
+    layout = params.get("layout") or {
+        "axes": [[0, "", "mean", 1]],
+        "models": list(range(len(tensors))),
+    }
     found = stats[0] if stats else {}
     matchings = {}
     for key in spaces_of(params):
