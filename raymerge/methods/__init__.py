@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, combine
 from raymerge.methods.generalized_task_arithmetic import METHODS as GTA_METHODS
@@ -112,10 +115,12 @@ def piece_stats(
     model_params: Sequence[dict[str, Any]],
     params: dict[str, Any],
     prev: Sequence[Stats],
-    math_dtype: torch.dtype = torch.float32,
+    math_dtype: torch.dtype | None = None,
 ) -> Stats:
     """Partial statistics of round ``len(prev)`` for one piece (computed blockwise; for rounds
-    marked ``raw_inputs`` / ``whole_piece`` see :func:`merge_piece`)."""
+    marked ``raw_inputs`` / ``whole_piece`` see :func:`merge_piece`). Math in ``math_dtype``
+    (default float32)."""
+    math_dtype = math_dtype or torch.float32
     rnd = method.stat_rounds(params, model_params)[len(prev)]
     if getattr(rnd, "whole_piece", False):  # raw inputs, its own steps: one call for the piece
         return rnd(info, base, tensors, model_params, params, list(prev), math_dtype=math_dtype)
@@ -140,7 +145,7 @@ def merge_piece(
     params: dict[str, Any],
     stats: Sequence[Stats] | None = None,
     *,
-    math_dtype: torch.dtype = torch.float32,
+    math_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one piece, block by block.
@@ -156,6 +161,7 @@ def merge_piece(
     output, in its dtype) and write their result there. Rounds marked ``whole_piece`` (raw
     too) get the whole piece in one call and return its partial.
     """
+    math_dtype = math_dtype or torch.float32
     if stats is None:
         stats = []
         for _ in method.stat_rounds(params, model_params):

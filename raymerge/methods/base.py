@@ -23,12 +23,16 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
+
 
 Scope = Literal["model", "global"]
-Stats = dict[str, torch.Tensor]
+Stats = dict[str, "torch.Tensor"]
 FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
 MAX_ROW_UNIT = 1 << 24
 RNG_BLOCK = 1 << 20  # random streams are generated in globally aligned blocks of this size

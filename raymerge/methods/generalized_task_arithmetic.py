@@ -31,9 +31,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods import selection
 from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, uniform, unit_sums
@@ -243,7 +246,7 @@ def _della_probs(
     return uniform(info, i, d.device), probs.reshape(-1)
 
 
-MaskFn = Callable[[torch.Tensor, int, int, torch.Tensor, torch.Tensor], torch.Tensor]
+MaskFn = Callable[..., "torch.Tensor"]  # (d, start, end, out, tmp) -> mask
 
 
 def _mask_fns(

@@ -11,9 +11,12 @@ Accumulation is in fp32 (or the math dtype if wider) whatever the storage dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods.base import MergeMethod, ParamSpec
 

@@ -13,9 +13,12 @@ accumulated as float64 per-unit partial sums, so chunked tensors give the unchun
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, unit_sums
 

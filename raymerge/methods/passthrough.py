@@ -7,9 +7,12 @@ SOLAR's depth up-scaling: Kim et al., 2023, https://arxiv.org/abs/2312.15166).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods.base import MergeMethod, ParamSpec
 

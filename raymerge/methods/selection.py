@@ -21,7 +21,13 @@ subset of equal magnitudes): every element whose magnitude equals the cutoff val
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
+
 
 HI_BINS = 1 << 15
 LO_BINS = 1 << 16

@@ -18,9 +18,12 @@ puts the tensor's layout (axes, source models) into its parameters under ``layou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats
 from raymerge.zipit.apply import zip_tensor

@@ -10,8 +10,12 @@ ICLR 2024, https://arxiv.org/abs/2305.03053.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from raymerge._lazy import torch
 
 
 def _index(assign: torch.Tensor, expand: int) -> torch.Tensor:
