@@ -23,7 +23,7 @@ from raymerge import __version__
 from raymerge.config import MergeConfig
 from raymerge.errors import InputError, OutputError
 from raymerge.executor import ExecOptions, connect, execute, match_spaces, zipit_stats
-from raymerge.io.header import DTYPES
+from raymerge.io.header import ST_DTYPES
 from raymerge.io.reader import INDEX_FILE, ModelLayout, read_model
 from raymerge.io.writer import index_json, make_sink, write_json, write_small
 from raymerge.job import FAULT_ENV, JobContext, peak_rss
@@ -331,7 +331,7 @@ def _summary(
 
 
 def _torch_dtype_name(st: str) -> str:
-    return str(DTYPES[st][0]).removeprefix("torch.")
+    return ST_DTYPES[st][0]  # torch's name of the dtype, e.g. "bfloat16"
 
 
 def _finalize(

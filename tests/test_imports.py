@@ -26,6 +26,27 @@ def test_driver_imports_no_torch():
     assert "ray" in mods  # the runner does schedule
 
 
+def test_planning_a_real_checkpoint_imports_no_torch(family, capsys):
+    """Header parsing, validation and planning of real files stay torch-free too."""
+    base, ft1, ft2 = family
+    cfg = repr(
+        {
+            "merge_method": "ties",
+            "base_model": base,
+            "models": [
+                {"model": ft1, "parameters": {"weight": 1, "density": 0.5}},
+                {"model": ft2, "parameters": {"weight": 1}},
+            ],
+        }
+    )
+    mods = loaded_after(
+        "from raymerge.config import load_config; from raymerge.runner import RunOptions, "
+        f"build_plan; plan, _ = build_plan(load_config({cfg}), RunOptions()); "
+        "assert plan.jobs"
+    )
+    assert "torch" not in mods
+
+
 @pytest.mark.parametrize(
     "module",
     [

@@ -57,6 +57,9 @@ class _TorchDtypes(Mapping):
         name, size = ST_DTYPES[key]
         return getattr(torch, name), size
 
+    def __contains__(self, key: object) -> bool:
+        return key in ST_DTYPES
+
     def __iter__(self) -> Iterator[str]:
         return iter(ST_DTYPES)
 
@@ -224,13 +227,14 @@ def _parse_entry(name: str, info: object, problems: list[str]) -> TensorEntry | 
         problems.append(f"{where}: unknown fields {sorted(extra)}")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     ok = True
-    if dtype not in DTYPES:
+    if dtype not in ST_DTYPES:
         known = (
             ""
             if dtype not in KNOWN_UNSUPPORTED
             else " (a valid safetensors dtype that raymerge cannot merge yet)"
         )
-        problems.append(f"{where}: unknown dtype {dtype!r}{known}; supported: {', '.join(DTYPES)}")
+        supported = ", ".join(ST_DTYPES)
+        problems.append(f"{where}: unknown dtype {dtype!r}{known}; supported: {supported}")
         ok = False
     if (
         not isinstance(shape, list)
