@@ -80,7 +80,6 @@ from _common import (
     model_bytes,
 )
 
-LLAMA70B = {"hidden": 8192, "inter": 28672, "layers": 80, "vocab": 128256, "kv": 1024}
 MODEL_METHODS = ("linear", "ties")
 
 
@@ -116,46 +115,10 @@ class Rates:
 
 
 def fabricate_70b(folder: Path, n_shards: int = 30) -> int:
-    """Sparse files with real headers (tests/test_plan.py's ``_fabricate_70b``): 723 tensors,
-    ~141 GB per model, no data written. Returns the model's tensor bytes."""
-    from raymerge.io.header import build_header
+    """Sparse files with real headers: 723 tensors, ~141 GB per model, no data written."""
+    from raymerge.synth import fabricate_checkpoint, llama3_70b_config
 
-    h, i, n_layers, v, kv = (LLAMA70B[k] for k in ("hidden", "inter", "layers", "vocab", "kv"))
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for n in range(n_layers):
-        p = f"model.layers.{n}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (h,),
-                p + "self_attn.q_proj.weight": (h, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, h),
-                p + "post_attention_layernorm.weight": (h,),
-                p + "mlp.gate_proj.weight": (i, h),
-                p + "mlp.up_proj.weight": (i, h),
-                p + "mlp.down_proj.weight": (h, i),
-            }
-        )
-    shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
-    names = list(shapes)
-    per = math.ceil(len(names) / n_shards)
-    folder.mkdir(parents=True)
-    weight_map = {}
-    groups = [names[k : k + per] for k in range(0, len(names), per)]
-    for k, group in enumerate(groups):
-        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
-        header, laid = build_header([(n, "BF16", shapes[n]) for n in group])
-        with open(folder / fname, "wb") as f:
-            f.write(header)
-            f.truncate(len(header) + sum(e.nbytes for e in laid))
-        weight_map.update(dict.fromkeys(group, fname))
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
-    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": n_layers}))
-    return sum(math.prod(s) * 2 for s in shapes.values())
+    return fabricate_checkpoint(str(folder), llama3_70b_config(), n_shards)
 
 
 def plan_pieces(plan: Any) -> list[PieceRec]:

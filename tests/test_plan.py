@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import struct
 import time
 
@@ -14,6 +13,7 @@ from raymerge.errors import InputError
 from raymerge.io.header import TensorSource, build_header, itemsize, parse_header
 from raymerge.plan import GiB, MiB, make_plan
 from raymerge.runner import RunOptions, build_plan
+from raymerge.synth import fabricate_checkpoint, llama3_70b_config
 
 
 def layout(
@@ -168,47 +168,9 @@ def test_params_resolved_per_tensor():
     assert [p["models"][0]["weight"] for p in params] == [0.0, 1.0]
 
 
-LLAMA70B = dict(hidden=8192, inter=28672, layers=80, vocab=128256, kv=1024)
-
-
 def _fabricate_70b(folder, n_shards=30):
     """Sparse files with real headers: 723 tensors, ~141 GB per model, no data written."""
-    h, i, L, v, kv = (LLAMA70B[k] for k in ("hidden", "inter", "layers", "vocab", "kv"))
-    shapes = {"model.embed_tokens.weight": (v, h)}
-    for n in range(L):
-        p = f"model.layers.{n}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (h,),
-                p + "self_attn.q_proj.weight": (h, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, h),
-                p + "post_attention_layernorm.weight": (h,),
-                p + "mlp.gate_proj.weight": (i, h),
-                p + "mlp.up_proj.weight": (i, h),
-                p + "mlp.down_proj.weight": (h, i),
-            }
-        )
-    shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
-    names = list(shapes)
-    per = math.ceil(len(names) / n_shards)
-    folder.mkdir()
-    weight_map = {}
-    groups = [names[k : k + per] for k in range(0, len(names), per)]
-    for k, group in enumerate(groups):
-        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
-        header, laid = build_header([(n, "BF16", shapes[n]) for n in group])
-        with open(folder / fname, "wb") as f:
-            f.write(header)
-            f.truncate(len(header) + sum(e.nbytes for e in laid))
-        weight_map.update(dict.fromkeys(group, fname))
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
-    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": L}))
-    return sum(math.prod(s) * 2 for s in shapes.values())
+    return fabricate_checkpoint(str(folder), llama3_70b_config(), n_shards)
 
 
 def test_llama3_70b_plan_in_seconds(tmp_path):
