@@ -1,4 +1,4 @@
-"""Helpers shared by ``scaling.py`` and ``cost_model.py`` (not a benchmark itself).
+"""Helpers shared by the benchmarks (not a benchmark itself).
 
 * model families of a few sizes (``SCALES``), built once with :mod:`raymerge.synth` and cached;
 * mergekit-style configs for the methods the benchmarks time;
@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# The 267M Llama-shaped family of throughput.py (kept equal to its MODEL; checked in main()).
+# The 267M Llama-shaped family of throughput.py and ``--scale bench``.
 BENCH_MODEL = {
     "hidden": 1024,
     "intermediate": 2816,
@@ -76,22 +76,29 @@ def gb(n: float) -> str:
 # --------------------------------------------------------------------------- inputs
 
 
+BUILD = """
+import json, sys, torch
+from raymerge.synth import llama_config, make_family
+cfg = llama_config(**json.loads(sys.argv[2]))
+make_family(sys.argv[1], 2, cfg=cfg, n_shards=2, dtype=torch.bfloat16)
+"""
+
+
 def build_family(root: Path, model: dict[str, Any]) -> dict[str, Path]:
-    """Base + 2 fine-tunes (2 shards each) in ``root``, reused while the recorded config matches."""
-    import torch
-
-    from raymerge.synth import llama_config, make_family
-
+    """Base + 2 fine-tunes (2 shards each) in ``root``, reused while the recorded config matches.
+    Built in a child process, so the benchmark process stays small (no torch) and its RSS
+    numbers are not skewed."""
     names = ("base", "ft1", "ft2")
     marker = root / "family.json"
     if marker.exists() and json.loads(marker.read_text()) == model:
+        print(f"family: cached in {root}")
         return {n: root / n for n in names}
     shutil.rmtree(root, ignore_errors=True)
     t0 = time.perf_counter()
-    print(f"family: building 3 models in {root} ...", flush=True)
-    make_family(str(root), 2, cfg=llama_config(**model), n_shards=2, dtype=torch.bfloat16)
+    print(f"family: building 3 models in {root} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-c", BUILD, str(root), json.dumps(model)], check=True)
     marker.write_text(json.dumps(model))
-    os.sync()
+    os.sync()  # flush the new files now, not during the timed runs
     print(f"family: built in {time.perf_counter() - t0:.1f} s", flush=True)
     return {n: root / n for n in names}
 

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    BENCH_MODEL,
     METHODS,
     SCALES,
     LocalS3,
@@ -279,17 +278,6 @@ def print_table(title: str, res: dict[str, Any], unit: str) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def check_bench_model() -> None:
-    """throughput.py's MODEL and ours must describe the same family (warn if they drift)."""
-    try:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from throughput import MODEL  # type: ignore[import-not-found]
-    except Exception:  # noqa: BLE001 - the check is advisory
-        return
-    if MODEL != BENCH_MODEL:
-        print(f"warning: throughput.py's MODEL {MODEL} differs from {BENCH_MODEL}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=("small", "bench"), default="small", help="family size")
@@ -311,9 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}; valid: {', '.join(METHODS)}")
     if args.workers > args.cpus:
         ap.error("--workers must not exceed --cpus (each job holds one CPU)")
-    if args.scale == "bench":
-        check_bench_model()
-
     scale = SCALES[args.scale]
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

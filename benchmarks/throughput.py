@@ -53,7 +53,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import BENCH_MODEL as MODEL
+from _common import build_family, free_port, model_bytes
 
 try:
     import psutil
@@ -76,55 +77,16 @@ except ImportError:  # Ray vendors psutil and puts it on sys.path only on `impor
     sys.path.append(os.path.join(_ray.submodule_search_locations[0], "thirdparty_files"))
     import psutil
 
-MODEL = {
-    "hidden": 1024,
-    "intermediate": 2816,
-    "layers": 16,
-    "vocab": 32000,
-    "heads": 16,
-    "kv_heads": 16,
-}
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
 # (max x floor, min speed-up vs mergekit) against a warm cluster, from the scale-and-speed issue
 TARGETS = {"linear": (1.5, 8.0), "ties": (4.0, 15.0)}
 BUF = 16 << 20
 BIN = Path(sys.executable).parent
-BUILD = """
-import json, sys, torch
-from raymerge.synth import llama_config, make_family
-cfg = llama_config(**json.loads(sys.argv[2]))
-make_family(sys.argv[1], 2, cfg=cfg, n_shards=2, dtype=torch.bfloat16)
-"""
-
-
 # --------------------------------------------------------------------------- inputs
-
-
-def build_family(workdir: Path) -> dict[str, Path]:
-    """The base + 2 fine-tunes, built once and reused while the recorded config matches."""
-    root = workdir / "models"
-    marker = root / "family.json"
-    names = ("base", "ft1", "ft2")
-    if marker.exists() and json.loads(marker.read_text()) == MODEL:
-        print(f"family: cached in {root}")
-        return {n: root / n for n in names}
-    shutil.rmtree(root, ignore_errors=True)
-    print(f"family: building 3 models in {root} (once) ...", flush=True)
-    t0 = time.perf_counter()
-    # In a child process: this one stays small (no torch), so it does not skew the RSS numbers.
-    subprocess.run([sys.executable, "-c", BUILD, str(root), json.dumps(MODEL)], check=True)
-    marker.write_text(json.dumps(MODEL))
-    os.sync()  # flush the new files now, not during the timed runs
-    print(f"family: built in {time.perf_counter() - t0:.1f} s")
-    return {n: root / n for n in names}
 
 
 def weight_files(model: Path) -> list[Path]:
     return sorted(model.glob("*.safetensors"))
-
-
-def model_bytes(model: Path) -> int:
-    return sum(f.stat().st_size for f in weight_files(model))
 
 
 def write_configs(workdir: Path, models: dict[str, Path]) -> dict[str, Path]:
@@ -467,12 +429,6 @@ def inproc(
 # --------------------------------------------------------------------------- Ray cluster
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tool(name: str) -> str:
     """A console script of this environment (falls back to PATH)."""
     local = BIN / name
@@ -639,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    models = build_family(workdir)
+    models = build_family(workdir / "models", MODEL)
     configs = write_configs(workdir, models)
     sizes = {n: model_bytes(p) for n, p in models.items()}
     reads = {
