@@ -48,3 +48,20 @@ def shard_bytes(folder: str) -> dict[str, bytes]:
         os.path.basename(f): open(f, "rb").read()
         for f in sorted(glob.glob(os.path.join(folder, "model-*.safetensors")))
     }
+
+
+def task_arithmetic_config(refs, s3_options=None) -> dict:
+    """base + 0.5 * (ft1 - base) + 0.5 * (ft2 - base), lambda 0.9; S3 options for s3:// refs."""
+    base, ft1, ft2 = refs
+    cfg = {
+        "merge_method": "task_arithmetic",
+        "base_model": base,
+        "models": [
+            {"model": ft1, "parameters": {"weight": 0.5}},
+            {"model": ft2, "parameters": {"weight": 0.5}},
+        ],
+        "parameters": {"lambda": 0.9},
+    }
+    if s3_options:
+        cfg["storage_options"] = {"s3://": s3_options}
+    return cfg

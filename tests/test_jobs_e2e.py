@@ -25,7 +25,7 @@ import pytest
 from raymerge.cli import main as raymerge_main
 from raymerge.demo import free_port
 from raymerge.storage import resolve
-from tests.helpers import shard_bytes
+from tests.helpers import shard_bytes, task_arithmetic_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -221,20 +221,8 @@ def test_merge_and_nightly_jobs_on_a_ray_cluster(ray_cluster, family, s3, tmp_pa
         fs.put(p, f"{BUCKET}/in/{os.path.basename(p)}", recursive=True)
     base, ft1, ft2 = (f"s3://{BUCKET}/in/{os.path.basename(p)}" for p in family)
     cfg = tmp_path / "merge.yaml"
-    cfg.write_text(
-        json.dumps(
-            {
-                "merge_method": "task_arithmetic",
-                "base_model": base,
-                "models": [
-                    {"model": ft1, "parameters": {"weight": 0.5}},
-                    {"model": ft2, "parameters": {"weight": 0.5}},
-                ],
-                "parameters": {"lambda": 0.9},
-                "storage_options": {"s3://": s3},  # the job's workers reach moto with these
-            }
-        )
-    )
+    # the storage options are how the job's workers reach moto
+    cfg.write_text(json.dumps(task_arithmetic_config((base, ft1, ft2), s3)))
 
     # 1. one merge job, then `raymerge verify` from outside the cluster
     r = submit(
@@ -285,20 +273,8 @@ def test_keep_workers_reuses_warm_processes_across_drivers(ray_cluster, family, 
     """Two `raymerge run` drivers against the same cluster: with --keep-workers the second one's
     jobs run in the first one's worker processes (no start-up), and the pool exits when idle."""
     _, env, address = ray_cluster
-    base, ft1, ft2 = family
     cfg = tmp_path / "ta.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "merge_method": "task_arithmetic",
-                "base_model": base,
-                "models": [
-                    {"model": ft1, "parameters": {"weight": 0.5}},
-                    {"model": ft2, "parameters": {"weight": 0.5}},
-                ],
-            }
-        )
-    )
+    cfg.write_text(json.dumps(task_arithmetic_config(family)))
     pids = []
     for k in range(2):
         out = tmp_path / f"out{k}"

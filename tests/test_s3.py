@@ -10,6 +10,7 @@ import pytest
 from raymerge.cli import main
 from raymerge.storage import resolve
 from tests.helpers import shard_bytes
+from tests.helpers import task_arithmetic_config as config
 
 pytestmark = pytest.mark.integration
 BUCKET = "models"
@@ -21,22 +22,6 @@ def upload(opts, family):
     for p in family:
         fs.put(p, f"{BUCKET}/in/{os.path.basename(p)}", recursive=True)
     return fs, [f"s3://{BUCKET}/in/{os.path.basename(p)}" for p in family]
-
-
-def config(refs, opts=None):
-    base, ft1, ft2 = refs
-    cfg = {
-        "merge_method": "task_arithmetic",
-        "base_model": base,
-        "models": [
-            {"model": ft1, "parameters": {"weight": 0.5}},
-            {"model": ft2, "parameters": {"weight": 0.5}},
-        ],
-        "parameters": {"lambda": 0.9},
-    }
-    if opts:
-        cfg["storage_options"] = {"s3://": opts}
-    return cfg
 
 
 def test_s3_to_s3_is_bit_identical_to_local_and_verifies(tmp_path, family, ray_session, s3, capsys):
