@@ -30,4 +30,3 @@ class LazyModule(ModuleType):
 
 
 torch = LazyModule("torch")
-F = LazyModule("torch.nn.functional")

@@ -11,7 +11,6 @@ from torch.testing import assert_close
 
 from raymerge.zipit.matching import (
     Matching,
-    expand,
     group_similarity,
     match,
     match_identity,
@@ -349,7 +348,7 @@ def test_permuted_copy_with_dead_units():
 # ---------------------------------------------------------------- grouped units (heads)
 
 
-def test_group_similarity_and_expand():
+def test_group_similarity():
     g = torch.Generator().manual_seed(7)
     c = torch.rand(8, 8, generator=g, dtype=torch.float64)
     c = (c + c.T) / 2
@@ -361,13 +360,6 @@ def test_group_similarity_and_expand():
     with pytest.raises(ValueError):
         group_similarity(c, (4, 4), 3)
 
-    unit = Matching(assign=(torch.tensor([0, 1]), torch.tensor([1, 0])), sizes=torch.tensor([2, 2]))
-    feat = expand(unit, 3)
-    assert feat.assign[0].tolist() == [0, 1, 2, 3, 4, 5]
-    assert feat.assign[1].tolist() == [3, 4, 5, 0, 1, 2]
-    assert feat.sizes.tolist() == [2] * 6
-    assert feat.n_out == 6
-
 
 def test_head_matching_end_to_end():
     """Heads of B are A's heads permuted; matching on unit similarity moves whole heads."""
@@ -378,8 +370,6 @@ def test_head_matching_end_to_end():
     b = torch.cat([a[:, h * hd : (h + 1) * hd] for h in hperm], dim=1)
     corr = _stats(features_of_models([a, b]), (12, 12)).correlation()
     unit = match_zipit(group_similarity(corr, (12, 12), hd), (heads, heads))
-    feat = expand(unit, hd)
-    _check_valid(feat, (12, 12))
+    _check_valid(unit, (heads, heads))
     for j, h in enumerate(hperm):
-        for e in range(hd):
-            assert feat.assign[1][j * hd + e] == feat.assign[0][h * hd + e]
+        assert unit.assign[1][j] == unit.assign[0][h]

@@ -29,7 +29,7 @@ from raymerge.io.reader import decode
 from raymerge.job import fetch
 from raymerge.storage import Location
 from raymerge.zipit.forward import llama_forward, mlp_forward
-from raymerge.zipit.stats import FeatureStats
+from raymerge.zipit.stats import FeatureStats, features_of_models
 
 KEYS = {"mlp": "inputs", "llama": "input_ids"}
 
@@ -129,5 +129,5 @@ def shard_stats(
             parts = [f[space] for f in per_model]
             if space not in out:
                 out[space] = FeatureStats.empty(tuple(p.shape[1] for p in parts))
-            out[space].update(torch.cat(parts, dim=1))
+            out[space].update(features_of_models(parts))
     return out

@@ -293,7 +293,8 @@ def group_similarity(corr: torch.Tensor, sizes: Sequence[int], group: int) -> to
 
     Returns [C/group, C/group] float64 with ``S[u, v] = mean_e corr[u*group + e, v*group + e]``
     (dimension e of unit u against the same dimension of unit v) and ``S[u, u] = 1``. Matching
-    on ``S`` with unit sizes ``sizes[k] // group`` and then :func:`expand` moves whole heads.
+    on ``S`` with unit sizes ``sizes[k] // group`` moves whole heads (the tensors' axes expand a
+    unit to its features: :class:`raymerge.zipit.spaces.Axis`).
     """
     sizes = tuple(int(s) for s in sizes)
     if group < 1 or any(s % group for s in sizes):
@@ -306,13 +307,3 @@ def group_similarity(corr: torch.Tensor, sizes: Sequence[int], group: int) -> to
     sim = c.diagonal(dim1=1, dim2=3).mean(dim=-1).contiguous()
     sim.fill_diagonal_(1.0)
     return sim
-
-
-def expand(m: Matching, group: int) -> Matching:
-    """Feature-level matching from a unit-level one: unit u -> cluster c maps feature
-    ``u*group + e`` to cluster ``c*group + e`` for e in [0, group)."""
-    if group < 1:
-        raise ValueError(f"group must be >= 1, got {group}")
-    offs = torch.arange(group)
-    assign = tuple((a[:, None] * group + offs).reshape(-1) for a in m.assign)
-    return Matching(assign=assign, sizes=m.sizes.repeat_interleave(group))
