@@ -13,24 +13,23 @@ What one run measures (all on the same synthetic model family, page cache warm):
   script and always stopped again, even on errors or Ctrl-C), for every method in ``--methods``:
   see Methods below. Timed is what a user sees: interpreter start-up, planning, the Ray jobs, commit
   and side files; "in-run s" is raymerge's own ``wall_s`` from its ``--json`` summary.
-* **raymerge, cold**: the same linear run without ``--address``, so it includes starting (and
-  shutting down) a local Ray.
-* **mergekit**: ``mergekit-yaml`` 0.1.5 on the same linear YAML (``-j 2 --quiet``), when
-  ``--mergekit`` (or ``mergekit-yaml`` on PATH) is available; otherwise skipped.
-* **peak RSS**: a thread polls every 0.1 s the RSS of the timed process, its descendants and the
-  benchmark's Ray cluster (Ray processes of other users are not counted). Reported: the driver's
-  peak, the largest single Ray worker's peak, and the peak of the sum over all of them.
-
-GB/s columns are *input bytes read* (the safetensors bytes of the models a method reads: two for
-linear and mergekit, three for task_arithmetic and the floor) divided by the median wall time.
-"x floor" is wall time over the I/O floor's wall time.
-
 * **raymerge, pooled**: the warm CLI run with ``--keep-workers 120``, after one untimed run that
   starts the pool: each timed run is a fresh driver process that finds warm worker processes.
 * **raymerge, in-process**: the same configs through ``run_merge`` in one long-lived Python
   driver connected to the same cluster, after one untimed warm-up merge: what a notebook, a
   service or a nightly job merging several configs in one driver sees (no interpreter start-up,
   no imports, no Ray worker start-up in the timing).
+* **raymerge, cold**: the same linear run without ``--address``, so it includes starting (and
+  shutting down) a local Ray.
+* **mergekit**: ``mergekit-yaml`` 0.1.5 on the same YAMLs (``-j 2 --quiet``), when
+  ``--mergekit`` (or ``mergekit-yaml`` on PATH) is available; otherwise skipped.
+* **peak RSS**: a thread polls every 0.1 s the RSS of the timed process, its descendants and the
+  benchmark's Ray cluster (Ray processes of other users are not counted). Reported: the driver's
+  peak, the largest single Ray worker's peak, and the peak of the sum over all of them.
+
+GB/s columns are *input bytes read* (the safetensors bytes of the models a method reads: two for
+linear and slerp, three for the others and the floor) divided by the median wall time.
+"x floor" is wall time over the I/O floor's wall time.
 
 Methods: ``linear``, ``task_arithmetic``, ``ties`` and ``dare_ties`` (density 0.2 on both
 fine-tunes), ``slerp`` (base and ft1, t 0.5). mergekit runs every method in
@@ -44,7 +43,7 @@ The last line printed is one JSON object holding every number.
 Usage::
 
     python benchmarks/throughput.py [--workdir /tmp/raymerge-bench] [--repeats 3]
-        [--mergekit /path/to/mergekit-yaml] [--methods linear,task_arithmetic]
+        [--mergekit /path/to/mergekit-yaml] [--methods linear,ties] [--mergekit-methods ...]
 """
 
 from __future__ import annotations
