@@ -134,6 +134,7 @@ class Plan:
     jobs: list[Job]
     tensor_dtypes: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
+    zip_layout: ZipLayout | None = None  # zipit/permute: feature spaces for the statistics stage
 
     @property
     def pieces(self) -> list[Piece]:
@@ -249,11 +250,12 @@ def tensor_specs(
     layouts: Sequence[dict[str, TensorSource]],
     order: Sequence[str],
     configs: Sequence[dict[str, Any] | None],
+    zl: ZipLayout | None = None,
 ) -> tuple[list[TensorSpec], int | None, set[str]]:
     """Output tensors in output order, the output layer count when slices set it, and the
-    tensors whose rows follow the base vocabulary (``tokenizer_source: base``)."""
-    if cfg.method.calibration:
-        zl = zip_layout(cfg, refs, layouts, configs)
+    tensors whose rows follow the base vocabulary (``tokenizer_source: base``). ``zl``: the
+    feature-space layout of a zipit/permute merge (:func:`zip_layout`)."""
+    if zl is not None:
         models = [refs.index(m.model) for m in cfg.models or []]
         return (
             [
@@ -436,7 +438,8 @@ def make_plan(
         )
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
     layouts = untie(layouts)
-    specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs)
+    zl = zip_layout(cfg, refs, layouts, configs) if method.calibration else None
+    specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs, zl)
     grps = groups(cfg)
     math_item = 8 if cfg.dtype and itemsize(DTYPE_NAMES[cfg.dtype]) == 8 else 4
     forced = cfg.out_dtype or cfg.dtype
@@ -622,4 +625,5 @@ def make_plan(
             "job_bytes": job_bytes,
             "min_part_bytes": min_part_bytes,
         },
+        zip_layout=zl,
     )

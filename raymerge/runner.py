@@ -37,7 +37,6 @@ from raymerge.plan import (
     Job,
     Plan,
     make_plan,
-    zip_layout,
 )
 from raymerge.progress import Progress, fmt_bytes
 from raymerge.storage import Location, redact_url, resolve, storage_retries
@@ -158,7 +157,7 @@ def run_merge(cfg: MergeConfig, out_url: str, opts: RunOptions) -> dict[str, Any
     out = resolve(out_url, cfg.storage_options)
     # all input validation happens here, before any tensor data is read
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
-    zipit = ZipStage.prepare(cfg, layouts)  # reads and checks the calibration file, if any
+    zipit = ZipStage.prepare(cfg, plan, layouts)  # reads and checks the calibration file, if any
     sink = make_sink(out, plan.shards, plan.jobs)
     layout = plan_hash(plan)
     claim = _claim_output(out, plan.config_hash, layout, opts.overwrite)
@@ -235,16 +234,14 @@ class ZipStage:
     info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, cfg: MergeConfig, layouts: list[ModelLayout]) -> ZipStage | None:
-        if not cfg.method.calibration:
+    def prepare(cls, cfg: MergeConfig, plan: Plan, layouts: list[ModelLayout]) -> ZipStage | None:
+        zl = plan.zip_layout
+        if zl is None:
             return None
         from raymerge.config import resolve_parameters
         from raymerge.zipit.gather import check_calibration, load_calibration
 
         refs = cfg.input_refs()
-        zl = zip_layout(
-            cfg, refs, [lay.tensors for lay in layouts], [lay.config for lay in layouts]
-        )
         models = [layouts[refs.index(m.model)] for m in cfg.models or []]
         params = resolve_parameters(cfg, "", 0.0)[0]
         x = None
