@@ -444,8 +444,11 @@ def execute(
     try:
         stats = compute_stats(jobs, all_jobs or jobs, ctx_ref, runner)
         stats_ref = ray.put({**stats, **(external or {})})
+        # largest first (LPT): the last jobs to start are the short ones, so workers finish
+        # together instead of one running a big job while the others sit idle
+        order = sorted(jobs, key=lambda j: (-j.bytes_read, -j.nbytes, j.id))
         runner.run(
-            jobs,
+            order,
             lambda j, attempt, o: runner.submit("job", o, j, ctx_ref, stats_ref, attempt),
             lambda j: f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)",
             lambda j: j.memory_bytes,

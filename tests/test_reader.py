@@ -495,3 +495,49 @@ def test_decode_exact_values_and_aliasing() -> None:
     assert t.tolist() == [9.0, -2.5, 0.125]
     t2 = decode(memoryview(bytes(struct.pack("<2q", -1, 2**62))), "I64", (2, 1))
     assert t2.tolist() == [[-1], [2**62]]
+
+
+# --------------------------------------------------------------------------------------------
+# Job-side reads (memory-mapped local inputs) and output buffers
+# --------------------------------------------------------------------------------------------
+
+
+def test_local_fetch_maps_exact_ranges_without_touching_the_file(tmp_path: Path) -> None:
+    from raymerge.job import fetch
+
+    blob = bytes(range(256)) * 40_000  # ~10 MB: ranges past the first mapping granule
+    (tmp_path / "a").write_bytes(blob)
+    (tmp_path / "b").write_bytes(blob[::-1])
+    ranges = [("a", 3, 11), ("b", 0, 4), ("a", 5_000_001, 5_000_017), ("a", 7, 7), ("b", 9, 13)]
+    got = fetch(resolve(str(tmp_path)), ranges)
+    assert [bytes(g) for g in got] == [
+        blob[3:11],
+        blob[::-1][0:4],
+        blob[5_000_001:5_000_017],
+        b"",
+        blob[::-1][9:13],
+    ]
+    t = decode(got[2], "U8", (16,))
+    t.fill_(0)  # a stray in-place write stays in this process (copy-on-write mapping)
+    assert (tmp_path / "a").read_bytes() == blob
+
+
+def test_local_fetch_of_a_file_that_shrank_is_a_short_read(tmp_path: Path) -> None:
+    from raymerge.job import fetch
+
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    with pytest.raises(OSError, match=r"a: short read at \[90, 120\): the file holds 100 bytes"):
+        fetch(resolve(str(tmp_path)), [("a", 0, 10), ("a", 90, 120)])
+
+
+def test_output_buffer_zeroes_what_the_pieces_do_not_cover() -> None:
+    from types import SimpleNamespace as NS
+
+    from raymerge.job import _out_buffer
+
+    piece = NS(out_start=120, out_end=140)
+    buf = _out_buffer(NS(part=2, out_start=100, nbytes=60, pieces=(piece,)), header_len=16)
+    buf[20:40] = 7  # what the piece would write
+    assert buf[:20].eq(0).all() and buf[40:].eq(0).all()
+    head = _out_buffer(NS(part=1, out_start=0, nbytes=48, pieces=()), header_len=16)
+    assert head[16:].eq(0).all()
