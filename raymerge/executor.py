@@ -157,17 +157,38 @@ class _Pool:
     next driver finds them warm) or live for one run (GPU clusters: one actor per GPU, so CUDA
     and torch start once per run, not once per job as Ray's ``num_gpus`` tasks do)."""
 
-    def __init__(self, size: int, num_gpus: float, keep_s: float) -> None:
+    def __init__(
+        self, size: int, num_gpus: float, keep_s: float, actors: list[Any] | None = None
+    ) -> None:
         self.tag, self.num_gpus, self.keep_s = pool_tag(), num_gpus, keep_s
-        self.free = deque(range(size))
-        self.actors = [self._start(i) for i in range(size)]
+        # an adopted pool keeps its own idle timer: only the actors started here are killed
+        self.mine = set(range(size)) if actors is None else set()
+        self.actors = actors if actors is not None else [self._start(i) for i in range(size)]
+        self.free = deque(range(len(self.actors)))
         self.busy: dict[ray.ObjectRef, int] = {}
+
+    @staticmethod
+    def name(tag: str, i: int) -> str:
+        return f"raymerge-worker-{tag}-{i}"
+
+    @classmethod
+    def adopt(cls, size: int) -> _Pool | None:
+        """The live pool a ``keep_workers`` run left behind (same code and runtime env), if any.
+        A run without ``keep_workers`` uses it: its idle actors hold the CPUs that Ray tasks
+        would wait for until the pool times out."""
+        tag, found = pool_tag(), []
+        for i in range(size):
+            try:
+                found.append(ray.get_actor(cls.name(tag, i), namespace="raymerge"))
+            except ValueError:
+                continue
+        return cls(len(found), 0, 0.0, actors=found) if found else None
 
     def _start(self, i: int) -> Any:
         opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": self.num_gpus, "max_restarts": 0}
         if self.keep_s > 0:
             opts.update(
-                name=f"raymerge-worker-{self.tag}-{i}",
+                name=self.name(self.tag, i),
                 namespace="raymerge",
                 lifetime="detached",
                 get_if_exists=True,
@@ -184,12 +205,13 @@ class _Pool:
         i = self.busy.pop(ref)
         if isinstance(exc, ray.exceptions.RayActorError):
             self.actors[i] = self._start(i)  # died (node lost, killed): a fresh one
+            self.mine.add(i)
         self.free.append(i)
 
     def close(self) -> None:
         if self.keep_s <= 0:
-            for a in self.actors:
-                ray.kill(a)
+            for i in self.mine:
+                ray.kill(self.actors[i])
 
 
 def _user_error(exc: BaseException) -> RaymergeError | None:
@@ -217,7 +239,10 @@ class _Runner:
             size = max(1, int(gpus)) if gpus and self.num_gpus else cpus
             size = min(size, opts.in_flight or size)
             self.pool = _Pool(size, 1 if gpus and self.num_gpus else 0, opts.keep_workers)
-            self.limit = size
+        elif not gpus:
+            self.pool = _Pool.adopt(min(cpus, opts.in_flight or cpus))
+        if self.pool is not None:
+            self.limit = len(self.pool.actors)
 
     def submit(self, kind: str, item_opts: dict[str, Any], *args: Any) -> ray.ObjectRef:
         """One job or statistics task: to a pooled worker, or as a Ray task."""
@@ -361,9 +386,10 @@ def zipit_stats(
     shard results are summed pairwise in a fixed tree, so the sum never depends on timing."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n_actors = max(1, min(len(shards), opts.num_cpus or cpus, cpus))
+    pooled = opts.keep_workers > 0 or _Pool.adopt(1) is not None
     actors = [
         # idle pooled workers (keep_workers) may hold every CPU: do not wait for them
-        _ZipStatsActor.options(num_cpus=0 if opts.keep_workers > 0 else 1).remote(
+        _ZipStatsActor.options(num_cpus=0 if pooled else 1).remote(
             arch, models, config
         )
         for _ in range(n_actors)

@@ -270,26 +270,29 @@ def test_merge_and_nightly_jobs_on_a_ray_cluster(ray_cluster, family, s3, tmp_pa
 
 
 def test_keep_workers_reuses_warm_processes_across_drivers(ray_cluster, family, tmp_path):
-    """Two `raymerge run` drivers against the same cluster: with --keep-workers the second one's
-    jobs run in the first one's worker processes (no start-up), and the pool exits when idle."""
+    """`raymerge run` drivers against the same cluster: with --keep-workers the second one's jobs
+    run in the first one's worker processes (no start-up); a third run without the flag uses the
+    idle pool too (rather than waiting for the CPUs it holds), and the pool exits when idle."""
     _, env, address = ray_cluster
     cfg = tmp_path / "ta.json"
     cfg.write_text(json.dumps(task_arithmetic_config(family)))
     pids = []
-    for k in range(2):
+    for k, keep in enumerate(["8", "8", None]):
         out = tmp_path / f"out{k}"
         cmd = [sys.executable, "-m", "raymerge", "run", str(cfg), str(out), "--address", address]
-        cmd += ["--keep-workers", "4", "--no-progress", "--job-bytes", "64KiB"]
+        cmd += ["--no-progress", "--job-bytes", "64KiB"]
+        cmd += ["--keep-workers", keep] if keep else []
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         rows = pq.read_table(out / "manifest.parquet").to_pylist()
         pids.append({row["pid"] for row in rows})
-    assert pids[1] <= pids[0] and all(pids)
+    assert pids[1] <= pids[0] and pids[2] <= pids[0] and all(pids)
     assert shard_bytes(str(tmp_path / "out0")) == shard_bytes(str(tmp_path / "out1"))
+    assert shard_bytes(str(tmp_path / "out0")) == shard_bytes(str(tmp_path / "out2"))
     # idle for longer than --keep-workers: the pool gives its CPUs back
     check = (
         "import ray, time, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-        "from ray.util import list_named_actors as ls; time.sleep(8); "
+        "from ray.util import list_named_actors as ls; time.sleep(12); "
         "print(len([a for a in ls(all_namespaces=True) if 'raymerge-worker' in a['name']]))"
     )
     r = subprocess.run(
