@@ -53,6 +53,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-seed", type=int, default=None, help="override random_seed")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="raymerge", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -79,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep a pool of warm worker processes on the cluster for SECONDS after the run, for "
         "the next runs to reuse (they hold their CPUs while idle; default 0: no pool)",
+    )
+    run.add_argument(
+        "--jobs-per-cpu",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="jobs sharing one CPU, so N-1 wait on storage while one computes (default: 2 when "
+        "an input or the output is remote, else 1)",
     )
     run.add_argument("--overwrite", action="store_true", help="reuse an OUT holding another run")
     run.add_argument("--allow-nonfinite", action="store_true", help="merge inputs holding NaN/Inf")
@@ -131,6 +149,7 @@ def run_options(args: argparse.Namespace):
             num_gpus_per_job=getattr(args, "num_gpus_per_job", None),
             max_attempts=getattr(args, "max_attempts", 3),
             keep_workers=getattr(args, "keep_workers", 0.0),
+            jobs_per_cpu=getattr(args, "jobs_per_cpu", None),
             progress=not getattr(args, "no_progress", False),
         ),
     )

@@ -3,11 +3,17 @@
 Each planned job becomes one Ray task that range-reads its own inputs and writes its own output
 bytes (:mod:`raymerge.job`); the driver sees only small result dicts. Design points:
 
-- **Resources**: every task asks for ``num_cpus`` (1), its planned ``memory`` (Ray's admission
-  control, so a node never runs more jobs than its memory holds) and ``num_gpus`` when the
-  cluster has GPUs; a task that got a GPU computes on it.
-- **Backpressure**: at most ``in_flight`` tasks are submitted at once (default: twice the
-  cluster's CPUs), so a 2,000-job 70B plan never floods the scheduler or the object store.
+- **Resources**: every task asks for ``num_cpus`` (1; 0.5 when an input or the output is
+  remote, so a CPU runs two network-bound jobs and computes one while the other reads or
+  writes), its planned ``memory`` (Ray's admission control, so a node never runs more jobs than
+  its memory holds) and ``num_gpus`` when the cluster has GPUs; a task that got a GPU computes
+  on it.
+- **Pooled workers** (``keep_workers``, and one actor per GPU) run two jobs at a time on
+  threads with a compute lock: the next job's reads and the last one's writes overlap the
+  current compute.
+- **Order and backpressure**: jobs go out largest first; at most ``in_flight`` are submitted at
+  once (default: twice the job slots), so a 2,000-job 70B plan never floods the scheduler or the
+  object store.
 - **ZipIt's statistics stage** (:func:`zipit_stats`, :func:`match_spaces`) runs before the jobs:
   actors that each load the K models once accumulate calibration shards, a tree of reduce tasks
   sums the shard statistics (in shard order: deterministic), and one task per feature space runs
@@ -60,6 +66,9 @@ class ExecOptions:
     # seconds a pool of worker actors outlives the run, idle, for the next run to reuse (0: no
     # pool on CPU clusters: one task per job). GPU clusters always use a pool (one actor per GPU).
     keep_workers: float = 0.0
+    # jobs sharing one CPU (task mode). None: 2 when an input or the output is remote (one
+    # computes while the other waits on the network), 1 when everything is local
+    jobs_per_cpu: int | None = None
 
 
 @dataclass
@@ -88,46 +97,62 @@ def connect(opts: ExecOptions) -> bool:
     return True
 
 
-def _job_body(job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
+def _job_body(
+    job: Job, ctx: JobContext, stats: dict, attempt: int, lock: Any = None
+) -> dict[str, Any]:
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    result = run_job(job, ctx, stats, device=device, attempt=attempt)
+    result = run_job(job, ctx, stats, device=device, attempt=attempt, compute_lock=lock)
     result["node"] = ray.get_runtime_context().get_node_id()
     result["host"] = socket.gethostname()
     result["pid"] = os.getpid()
     return result
 
 
-def _stats_body(piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
+def _stats_body(
+    piece: Piece, ctx: JobContext, prev: list, attempt: int, lock: Any = None
+) -> dict[str, Any]:
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return {"stats": run_stats(piece, ctx, prev, device=device), "attempt": attempt}
+    stats = run_stats(piece, ctx, prev, device=device, compute_lock=lock)
+    return {"stats": stats, "attempt": attempt}
 
 
 _remote_job = ray.remote(_job_body)
 _remote_stats = ray.remote(_stats_body)
 
 
-@ray.remote
+SLOTS_PER_WORKER = 2  # jobs a pooled worker holds at once: one computes, one reads or writes
+
+
+@ray.remote(max_concurrency=SLOTS_PER_WORKER)
 class _Worker:
     """A long-lived worker process for :class:`_Pool`: torch imported once, CUDA context once.
-    With ``idle_s > 0`` it exits by itself after that long without work."""
+    It runs up to ``SLOTS_PER_WORKER`` jobs at a time on threads, computing one at a time (a
+    lock), so the next job's reads and the last job's writes overlap the current compute. With
+    ``idle_s > 0`` it exits by itself after that long without work."""
 
     def __init__(self, idle_s: float) -> None:
-        self.idle_s, self.last, self.busy = idle_s, time.monotonic(), False
+        self.idle_s, self.last, self.active = idle_s, time.monotonic(), 0
+        self.compute = threading.Lock()
+        self.state = threading.Lock()
         if idle_s > 0:
             threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         while True:
             time.sleep(min(1.0, self.idle_s))
-            if not self.busy and time.monotonic() - self.last > self.idle_s:
-                os._exit(0)  # idle for too long: give the CPU/GPU back to the cluster
+            with self.state:
+                if not self.active and time.monotonic() - self.last > self.idle_s:
+                    os._exit(0)  # idle for too long: give the CPU/GPU back to the cluster
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self.busy = True
+        with self.state:
+            self.active += 1
         try:
-            return fn(*args)
+            return fn(*args, self.compute)
         finally:
-            self.busy, self.last = False, time.monotonic()
+            with self.state:
+                self.active -= 1
+                self.last = time.monotonic()
 
     def job(self, job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
         return self._run(_job_body, job, ctx, stats, attempt)
@@ -164,8 +189,9 @@ class _Pool:
         # an adopted pool keeps its own idle timer: only the actors started here are killed
         self.mine = set(range(size)) if actors is None else set()
         self.actors = actors if actors is not None else [self._start(i) for i in range(size)]
-        self.free = deque(range(len(self.actors)))
-        self.busy: dict[ray.ObjectRef, int] = {}
+        # one entry per free slot, actors interleaved, so work spreads before slots double up
+        self.free = deque(i for _ in range(SLOTS_PER_WORKER) for i in range(len(self.actors)))
+        self.busy: dict[ray.ObjectRef, tuple[int, Any]] = {}
 
     @staticmethod
     def name(tag: str, i: int) -> str:
@@ -198,13 +224,14 @@ class _Pool:
     def submit(self, kind: str, *args: Any) -> ray.ObjectRef:
         i = self.free.popleft()
         ref = getattr(self.actors[i], kind).remote(*args)
-        self.busy[ref] = i
+        self.busy[ref] = (i, self.actors[i])
         return ref
 
     def release(self, ref: ray.ObjectRef, exc: BaseException | None) -> None:
-        i = self.busy.pop(ref)
-        if isinstance(exc, ray.exceptions.RayActorError):
-            self.actors[i] = self._start(i)  # died (node lost, killed): a fresh one
+        i, actor = self.busy.pop(ref)
+        # died (node lost, killed): a fresh one, once (its other slot fails the same way)
+        if isinstance(exc, ray.exceptions.RayActorError) and self.actors[i] is actor:
+            self.actors[i] = self._start(i)
             self.mine.add(i)
         self.free.append(i)
 
@@ -224,14 +251,17 @@ def _user_error(exc: BaseException) -> RaymergeError | None:
 class _Runner:
     """Bounded submission with executor-side retries, shared by stats rounds and jobs."""
 
-    def __init__(self, opts: ExecOptions) -> None:
+    def __init__(self, opts: ExecOptions, remote_io: bool = False) -> None:
         resources = ray.cluster_resources()
         cpus = max(1, int(resources.get("CPU", 1)))
         gpus = resources.get("GPU", 0)
         self.num_gpus = (
             opts.num_gpus_per_job if opts.num_gpus_per_job is not None else (0.5 if gpus else 0)
         )
-        self.limit = opts.in_flight or 2 * cpus
+        # jobs that wait on the network share a CPU two at a time: one computes while the other
+        # reads or writes (local jobs wait on nothing: one per CPU)
+        self.num_cpus = 1 / (opts.jobs_per_cpu or (2 if remote_io else 1))
+        self.limit = opts.in_flight or int(2 * cpus / self.num_cpus)
         self.max_attempts = opts.max_attempts
         self.retries = 0
         self.pool: _Pool | None = None
@@ -242,7 +272,8 @@ class _Runner:
         elif not gpus:
             self.pool = _Pool.adopt(min(cpus, opts.in_flight or cpus))
         if self.pool is not None:
-            self.limit = len(self.pool.actors)
+            slots = len(self.pool.free)
+            self.limit = min(slots, opts.in_flight or slots)
 
     def submit(self, kind: str, item_opts: dict[str, Any], *args: Any) -> ray.ObjectRef:
         """One job or statistics task: to a pooled worker, or as a Ray task."""
@@ -268,7 +299,7 @@ class _Runner:
 
         def go(item: Any, attempt: int) -> None:
             opts = {
-                "num_cpus": 1,
+                "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus,
                 "memory": memory(item),
                 "max_retries": 0,
@@ -389,9 +420,7 @@ def zipit_stats(
     pooled = opts.keep_workers > 0 or _Pool.adopt(1) is not None
     actors = [
         # idle pooled workers (keep_workers) may hold every CPU: do not wait for them
-        _ZipStatsActor.options(num_cpus=0 if pooled else 1).remote(
-            arch, models, config
-        )
+        _ZipStatsActor.options(num_cpus=0 if pooled else 1).remote(arch, models, config)
         for _ in range(n_actors)
     ]
     try:
@@ -458,7 +487,7 @@ def execute(
     ``all_jobs`` is the whole plan when ``jobs`` is what a resumed run still has to do;
     ``external`` holds statistics computed before the jobs (ZipIt's matchings)."""
     t0 = time.perf_counter()
-    runner = _Runner(opts)
+    runner = _Runner(opts, ctx.remote_io)
     ctx_ref = ray.put(ctx)
     results: dict[int, dict[str, Any]] = {}
 

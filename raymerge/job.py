@@ -16,6 +16,7 @@ import resource
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,11 @@ class JobContext:
     sink: Any
     allow_nonfinite: bool = False
     fault_marker: str | None = None  # chaos testing, see _inject_fault
+
+    @property
+    def remote_io(self) -> bool:
+        """Jobs wait on the network (a remote input or output), not only on the CPU."""
+        return any(not loc.is_local for loc in self.inputs) or self.sink.kind != "local"
 
 
 def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
@@ -97,6 +103,7 @@ def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[memory
                 maps[file] = (memoryview(b""), base)
                 continue
             m = mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base)
+            m.madvise(mmap.MADV_WILLNEED)  # start reading a cold file ahead of the compute
         finally:
             os.close(fd)
         maps[file] = (memoryview(m), base)
@@ -194,9 +201,21 @@ def _info(p: Piece) -> PieceInfo:
     return PieceInfo(p.name, p.shape, p.elem_start, p.elem_end, p.seed)
 
 
-def run_stats(piece: Piece, ctx: JobContext, prev: list[Stats], device: str = "cpu") -> Stats:
-    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (returned on CPU)."""
+def run_stats(
+    piece: Piece,
+    ctx: JobContext,
+    prev: list[Stats],
+    device: str = "cpu",
+    compute_lock: AbstractContextManager[Any] | None = None,
+) -> Stats:
+    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (returned on CPU).
+    ``compute_lock``: held while computing, not while reading (see :func:`run_job`)."""
     raw = read_pieces([piece], ctx)[0]
+    with compute_lock or nullcontext():
+        return _piece_stats(piece, raw, ctx, prev, device)
+
+
+def _piece_stats(piece: Piece, raw: list[Any], ctx: JobContext, prev: list[Stats], device: str):
     base, others = _split(piece, list(_tensors(piece, raw, ctx, device)))
     params = json.loads(piece.params)
     prev_dev = [{k: v.to(device) for k, v in st.items()} for st in prev]
@@ -236,16 +255,50 @@ def run_job(
     stats: dict[str, list[Stats]] | None = None,
     device: str = "cpu",
     attempt: int = 1,
+    compute_lock: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Any]:
     """Compute and write one job; return its checksums and timings. ``stats`` holds the reduced
     statistics of chunked tensors whose method needs whole-tensor statistics (by tensor name),
-    and the external statistics the method names (by key, e.g. ``zipit:<space>``)."""
+    and the external statistics the method names (by key, e.g. ``zipit:<space>``).
+
+    ``compute_lock`` is held only while computing: a worker running two jobs at once (pooled
+    workers) reads or writes one while the other computes, and never computes two at a time."""
     t0 = time.perf_counter()
     retries0 = storage_retries()
     raw = read_pieces(job.pieces, ctx)
     _inject_fault(job, ctx.fault_marker)
     t_read = time.perf_counter() - t0
+    with compute_lock or nullcontext():
+        t1 = time.perf_counter()
+        view, checks = _compute(job, raw, ctx, stats, device)
+        t_compute = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    sink_info = ctx.sink.write(job, view)
+    t_write = time.perf_counter() - t2
+    return {
+        "job": job.id,
+        "checksums": checks,
+        "header_checksum": checksum(view[: len(ctx.headers[job.shard])]) if job.part == 1 else None,
+        "attempt": attempt,
+        "read_s": t_read,
+        "compute_s": t_compute,
+        "write_s": t_write,
+        "bytes_read": job.bytes_read,
+        "bytes_written": job.nbytes,
+        "rss_peak": peak_rss(),
+        "storage_retries": storage_retries() - retries0,
+        **sink_info,
+    }
 
+
+def _compute(
+    job: Job,
+    raw: list[list[Any]],
+    ctx: JobContext,
+    stats: dict[str, list[Stats]] | None,
+    device: str,
+) -> tuple[memoryview, list[str]]:
+    """The job's output bytes (header included) and one checksum per piece."""
     method = get_method(ctx.method)
     math_dtype = DTYPES[ctx.math_dtype][0]
     buf = _out_buffer(job, len(ctx.headers[job.shard]))
@@ -254,7 +307,6 @@ def run_job(
         header = ctx.headers[job.shard]
         view[: len(header)] = header
     checks: list[str] = []
-    t1 = time.perf_counter()
     for p, p_raw in zip(job.pieces, raw):
         base, others = _split(p, list(_tensors(p, p_raw, ctx, device)))
         params = json.loads(p.params)
@@ -289,21 +341,4 @@ def run_job(
         checks.append(checksum(view[lo:hi]))
         del base, others, merged, target
     raw.clear()
-    t_compute = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    sink_info = ctx.sink.write(job, view)
-    t_write = time.perf_counter() - t2
-    return {
-        "job": job.id,
-        "checksums": checks,
-        "header_checksum": checksum(view[: len(ctx.headers[job.shard])]) if job.part == 1 else None,
-        "attempt": attempt,
-        "read_s": t_read,
-        "compute_s": t_compute,
-        "write_s": t_write,
-        "bytes_read": job.bytes_read,
-        "bytes_written": job.nbytes,
-        "rss_peak": peak_rss(),
-        "storage_retries": storage_retries() - retries0,
-        **sink_info,
-    }
+    return view, checks

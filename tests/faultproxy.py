@@ -2,6 +2,9 @@
 
 For a seeded ~``rate`` fraction of requests it answers ``503 SlowDown`` or drops the connection
 without a response; requests under a ``deny`` prefix get ``403 AccessDenied``. Counts what it did.
+With ``stream_bytes_per_s`` every response body is held back as long as one stream of that
+bandwidth would take to deliver it (sleeping, not computing: like a remote store's per-connection
+throughput, while many connections together go faster; benchmarks/overlap.py).
 Traffic stays on the loopback interface.
 """
 
@@ -11,6 +14,7 @@ import http.client
 import random
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -25,9 +29,12 @@ DENIED = (
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, rate: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self, upstream: str, rate: float = 0.1, seed: int = 0, stream_bytes_per_s: float = 0.0
+    ) -> None:
         self.upstream = urlparse(upstream)
         self.rate = rate
+        self.stream_bytes_per_s = stream_bytes_per_s
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.deny: list[str] = []
@@ -88,6 +95,8 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if proxy.stream_bytes_per_s:
+                        time.sleep((len(body) + len(data)) / proxy.stream_bytes_per_s)
                     self.send_response(resp.status)
                     for k, v in resp.getheaders():
                         if k.lower() not in ("transfer-encoding", "content-length", "connection"):
