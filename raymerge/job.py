@@ -136,7 +136,10 @@ def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator
                 f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
                 "values; pass --allow-nonfinite to merge anyway"
             )
-        yield t.to(device=device)
+        if device == "cpu":
+            yield t
+        else:  # through page-locked memory (torch caches those blocks): a DMA copy, no staging
+            yield t.pin_memory().to(device=device, non_blocking=True)
 
 
 def finite(t: torch.Tensor) -> bool:

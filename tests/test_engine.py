@@ -298,3 +298,50 @@ def test_empty_and_rank0_tensors_merge(tmp_path, ray_session, capsys):
     got = load_model(str(tmp_path / "out"))
     assert got["scalar"].item() == 1.75 and got["empty"].shape == (0, 3)
     assert torch.equal(got["w"], torch.full((3, 2), 0.75))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_jobs_on_gpu_match_cpu(tmp_path, family, method):
+    """run_job with device="cuda" (pinned host buffers, kernels on the device) writes what the
+    CPU path writes, up to float rounding."""
+    from raymerge.io.writer import make_sink
+    from raymerge.job import JobContext, run_job
+    from raymerge.runner import RunOptions, build_plan
+    from raymerge.storage import resolve
+    from tests.helpers import task_arithmetic_config
+
+    body = task_arithmetic_config(family)
+    if method == "ties":
+        body.update(merge_method="ties", parameters={"density": 0.5})
+    cfg = load_config(_write_json(tmp_path / "cfg.json", body))
+    plan, layouts = build_plan(cfg, RunOptions(job_bytes=64 << 10), 0)
+    got = {}
+    for device in ("cpu", "cuda"):
+        out = resolve(str(tmp_path / device))
+        sink = make_sink(out, plan.shards, plan.jobs)
+        sink.prepare()
+        ctx = JobContext(
+            inputs=tuple(lay.location for lay in layouts),
+            method=plan.method,
+            math_dtype="F32",
+            headers=tuple(s.header for s in plan.shards),
+            sink=sink,
+        )
+        for job in plan.jobs:
+            run_job(job, ctx, device=device)
+        got[device] = {
+            s.name: (tmp_path / device / ".raymerge" / "staging" / s.name).read_bytes()
+            for s in plan.shards
+        }
+    for name, data in got["cpu"].items():
+        from safetensors.torch import load as load_bytes
+
+        want, have = load_bytes(data), load_bytes(got["cuda"][name])
+        for key in want:
+            torch.testing.assert_close(have[key].float(), want[key].float(), rtol=1e-2, atol=1e-3)
+
+
+def _write_json(path, body):
+    path.write_text(json.dumps(body))
+    return str(path)
