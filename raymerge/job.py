@@ -103,7 +103,6 @@ def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[memory
                 maps[file] = (memoryview(b""), base)
                 continue
             m = mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base)
-            m.madvise(mmap.MADV_WILLNEED)  # start reading a cold file ahead of the compute
         finally:
             os.close(fd)
         maps[file] = (memoryview(m), base)

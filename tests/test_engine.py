@@ -345,3 +345,24 @@ def test_jobs_on_gpu_match_cpu(tmp_path, family, method):
 def _write_json(path, body):
     path.write_text(json.dumps(body))
     return str(path)
+
+
+def test_network_bound_jobs_share_a_cpu(ray_session, tmp_path):
+    """Jobs with a remote input or output ask for half a CPU (one computes while the other waits
+    on the network); local ones a whole CPU; --jobs-per-cpu overrides both."""
+    from types import SimpleNamespace as NS
+
+    from raymerge.executor import ExecOptions, _Runner
+    from raymerge.job import JobContext
+    from raymerge.storage import resolve
+
+    local, remote = resolve(str(tmp_path)), resolve("s3://bucket/model", {})
+    ctx = JobContext((local,), "linear", "F32", (), NS(kind="local"))
+    assert not ctx.remote_io
+    assert JobContext((local, remote), "linear", "F32", (), NS(kind="local")).remote_io
+    assert JobContext((local,), "linear", "F32", (), NS(kind="s3")).remote_io
+    cases = [(ExecOptions(), False, 1, 4), (ExecOptions(), True, 0.5, 8)]
+    cases.append((ExecOptions(jobs_per_cpu=4), False, 0.25, 16))
+    for opts, remote_io, cpus, limit in cases:
+        runner = _Runner(opts, remote_io)
+        assert (runner.num_cpus, runner.limit, runner.pool) == (cpus, limit, None)
