@@ -82,35 +82,58 @@ def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
     return [p[0] if len(p) == 1 else b"".join(p) for p in joined]
 
 
-def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[memoryview]:
+def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
     spans: dict[str, tuple[int, int]] = {}
     for file, start, end in ranges:
         lo, hi = spans.get(file, (start, end))
         spans[file] = (min(lo, start), max(hi, end))
     maps: dict[str, tuple[memoryview, int]] = {}
-    for file, (lo, hi) in spans.items():
-        path = loc.child(file).path
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            if size < hi:  # shrank since planning; a mapping past the end would SIGBUS
-                start, end = next((s, e) for f, s, e in ranges if f == file and e > size)
-                raise OSError(
-                    f"{loc.url}/{file}: short read at [{start}, {end}): the file holds {size} bytes"
-                )
-            base = lo - lo % mmap.ALLOCATIONGRANULARITY
-            if hi == base:
-                maps[file] = (memoryview(b""), base)
-                continue
-            m = mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base)
-        finally:
+    unmapped: dict[str, int] = {}  # file -> open fd, where the filesystem cannot mmap
+    try:
+        for file, (lo, hi) in spans.items():
+            fd = os.open(loc.child(file).path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                if size < hi:  # shrank since planning; a mapping past the end would SIGBUS
+                    start, end = next((s, e) for f, s, e in ranges if f == file and e > size)
+                    raise OSError(
+                        f"{loc.url}/{file}: short read at [{start}, {end}): the file holds "
+                        f"{size} bytes"
+                    )
+                base = lo - lo % mmap.ALLOCATIONGRANULARITY
+                if hi == base:
+                    maps[file] = (memoryview(b""), base)
+                    continue
+                try:
+                    m = mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base)
+                except (OSError, ValueError):
+                    unmapped[file], fd = fd, -1
+                    continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            maps[file] = (memoryview(m), base)
+        return [
+            _pread(unmapped[f], s, e, f"{loc.url}/{f}")
+            if f in unmapped
+            else maps[f][0][s - maps[f][1] : e - maps[f][1]]
+            for f, s, e in ranges
+        ]
+    finally:
+        for fd in unmapped.values():
             os.close(fd)
-        maps[file] = (memoryview(m), base)
-    out = []
-    for file, start, end in ranges:
-        view, base = maps[file]
-        out.append(view[start - base : end - base])
-    return out
+
+
+def _pread(fd: int, start: int, end: int, where: str) -> memoryview:
+    """Bytes [start, end) of an open file into a fresh (not zero-filled) buffer."""
+    buf = memoryview(torch.empty(end - start, dtype=torch.uint8).numpy())
+    got = 0
+    while got < end - start:
+        n = os.preadv(fd, [buf[got:]], start + got)
+        if n == 0:
+            raise OSError(f"{where}: short read at [{start}, {end}): got {got} bytes")
+        got += n
+    return buf
 
 
 def read_pieces(pieces: Sequence[Piece], ctx: JobContext) -> list[list[Any]]:

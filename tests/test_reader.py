@@ -541,3 +541,21 @@ def test_output_buffer_zeroes_what_the_pieces_do_not_cover() -> None:
     assert buf[:20].eq(0).all() and buf[40:].eq(0).all()
     head = _out_buffer(NS(part=1, out_start=0, nbytes=48, pieces=()), header_len=16)
     assert head[16:].eq(0).all()
+
+
+def test_local_fetch_reads_where_the_filesystem_cannot_map(tmp_path: Path, monkeypatch) -> None:
+    import mmap
+
+    from raymerge.job import fetch
+
+    blob = bytes(range(256)) * 100
+    (tmp_path / "a").write_bytes(blob)
+    ranges = [("a", 3, 11), ("a", 20_000, 25_600), ("a", 9, 9)]
+    want = [bytes(g) for g in fetch(resolve(str(tmp_path)), ranges)]
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")  # what FUSE filesystems without mmap answer
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    got = fetch(resolve(str(tmp_path)), ranges)
+    assert [bytes(g) for g in got] == want == [blob[3:11], blob[20_000:25_600], b""]
