@@ -39,7 +39,14 @@ else:
     from raymerge._lazy import torch
 
 from raymerge.methods import selection
-from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, uniform, unit_sums
+from raymerge.methods.base import (
+    MergeMethod,
+    ParamSpec,
+    PieceInfo,
+    Stats,
+    UniformStream,
+    unit_sums,
+)
 
 RESCALE_EPS = 1e-7
 
@@ -243,7 +250,7 @@ def _della_probs(
     ranks = ranks.to(torch.float32)
     rank_norm = ranks / (n - 1) if n > 1 else torch.zeros_like(ranks)
     probs = (density - eps) + rank_norm * 2 * eps
-    return uniform(info, i, d.device), probs.reshape(-1)
+    return UniformStream(info, i, d.device), probs.reshape(-1)
 
 
 MaskFn = Callable[..., "torch.Tensor"]  # (d, start, end, out, tmp) -> mask
@@ -266,7 +273,7 @@ def _mask_fns(
         return [
             None
             if p["density"] >= 1
-            else partial(_mask_below, uniform(info, i, base.device), p["density"])
+            else partial(_mask_below, UniformStream(info, i, base.device), p["density"])
             for i, p in enumerate(model_params)
         ]
     if kind == "della":
@@ -292,8 +299,8 @@ def _mask_magnitude(low, high, d, s, e, out, tmp) -> torch.Tensor:
     return torch.le(a, high, out=out).mul_(tmp)
 
 
-def _mask_below(u, limit, d, s, e, out, tmp) -> torch.Tensor:
-    return torch.lt(u[s:e], limit[s:e] if isinstance(limit, torch.Tensor) else limit, out=out)
+def _mask_below(u: UniformStream, limit, d, s, e, out, tmp) -> torch.Tensor:
+    return torch.lt(u.take(s, e), limit[s:e] if isinstance(limit, torch.Tensor) else limit, out=out)
 
 
 def _mask_nothing(d, s, e, out, tmp) -> torch.Tensor:
