@@ -83,45 +83,37 @@ def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
 
 
 def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
-    spans: dict[str, tuple[int, int]] = {}
-    for file, start, end in ranges:
-        lo, hi = spans.get(file, (start, end))
-        spans[file] = (min(lo, start), max(hi, end))
-    maps: dict[str, tuple[memoryview, int]] = {}
-    unmapped: dict[str, int] = {}  # file -> open fd, where the filesystem cannot mmap
+    by_file: dict[str, list[int]] = {}
+    for k, (file, _, _) in enumerate(ranges):
+        by_file.setdefault(file, []).append(k)
+    out: list[Any] = [None] * len(ranges)
+    for file, ks in by_file.items():
+        spans = [(ranges[k][1], ranges[k][2]) for k in ks]
+        for k, part in zip(ks, _file_ranges(loc.child(file).path, f"{loc.url}/{file}", spans)):
+            out[k] = part
+    return out
+
+
+def _file_ranges(path: str, where: str, spans: list[tuple[int, int]]) -> list[Any]:
+    """[start, end) ranges of one local file: views of one mapping spanning them all (it stays
+    valid after the file is closed), or, where the filesystem cannot map, fresh reads."""
+    lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        for file, (lo, hi) in spans.items():
-            fd = os.open(loc.child(file).path, os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        if size < hi:  # shrank since planning; a mapping past the end would SIGBUS
+            start, end = next((s, e) for s, e in spans if e > size)
+            raise OSError(f"{where}: short read at [{start}, {end}): the file holds {size} bytes")
+        base = lo - lo % mmap.ALLOCATIONGRANULARITY
+        view = memoryview(b"")
+        if hi > base:
             try:
-                size = os.fstat(fd).st_size
-                if size < hi:  # shrank since planning; a mapping past the end would SIGBUS
-                    start, end = next((s, e) for f, s, e in ranges if f == file and e > size)
-                    raise OSError(
-                        f"{loc.url}/{file}: short read at [{start}, {end}): the file holds "
-                        f"{size} bytes"
-                    )
-                base = lo - lo % mmap.ALLOCATIONGRANULARITY
-                if hi == base:
-                    maps[file] = (memoryview(b""), base)
-                    continue
-                try:
-                    m = mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base)
-                except (OSError, ValueError):
-                    unmapped[file], fd = fd, -1
-                    continue
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-            maps[file] = (memoryview(m), base)
-        return [
-            _pread(unmapped[f], s, e, f"{loc.url}/{f}")
-            if f in unmapped
-            else maps[f][0][s - maps[f][1] : e - maps[f][1]]
-            for f, s, e in ranges
-        ]
+                view = memoryview(mmap.mmap(fd, hi - base, access=mmap.ACCESS_COPY, offset=base))
+            except (OSError, ValueError):
+                return [_pread(fd, s, e, where) for s, e in spans]
+        return [view[s - base : e - base] for s, e in spans]
     finally:
-        for fd in unmapped.values():
-            os.close(fd)
+        os.close(fd)
 
 
 def _pread(fd: int, start: int, end: int, where: str) -> memoryview:

@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from raymerge.methods import REGISTRY, get_method, merge_piece, merge_whole, piece_stats
-from raymerge.methods.base import PieceInfo, UniformStream, combine, stat_unit, uniform
+from raymerge.methods.base import PieceInfo, UniformStream, combine, stat_unit
 
 
 def defaults(name: str, n: int, **over) -> tuple[dict, list[dict]]:
@@ -179,12 +179,13 @@ def test_ties_density_1_one_model_is_base_plus_delta():
 
 
 def test_uniform_stream_is_chunk_invariant():
-    info = PieceInfo.whole("w", (3, 1_500_000), 7)
-    whole = uniform(info, 2)
-    part = uniform(PieceInfo("w", (3, 1_500_000), 1_000_000, 3_100_000, 7), 2)
+    whole = UniformStream(PieceInfo.whole("w", (3, 1_500_000), 7), 2).take(0, 4_500_000)
+    chunk = PieceInfo("w", (3, 1_500_000), 1_000_000, 3_100_000, 7)
+    part = UniformStream(chunk, 2).take(0, 2_100_000)
     assert torch.equal(whole[1_000_000:3_100_000], part)
+    assert not torch.equal(part, UniformStream(chunk, 3).take(0, 2_100_000))  # another stream
     # on demand, block range by block range (straddling RNG blocks, going back, empty): the same
-    stream = UniformStream(PieceInfo("w", (3, 1_500_000), 1_000_000, 3_100_000, 7), 2)
+    stream = UniformStream(chunk, 2)
     for a, b in [(0, 5), (5, 1_048_000), (1_048_000, 1_100_000), (7, 9), (2_100_000, 2_100_000)]:
         assert torch.equal(stream.take(a, b), part[a:b])
 

@@ -198,11 +198,6 @@ class UniformStream:
         return out.to(self.device)
 
 
-def uniform(info: PieceInfo, stream: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """All of the piece's numbers of :class:`UniformStream` at once."""
-    return UniformStream(info, stream, device).take(0, info.elem_end - info.elem_start)
-
-
 StatRound = Callable[..., Stats]
 
 
