@@ -130,6 +130,9 @@ def measure(
         "retries": sum(r["summary"]["retries"] for r in runs),
         "peak_worker_rss": max(r["summary"]["peak_worker_rss"] for r in runs),
         "input_gbps": s["bytes_read"] / median([r["wall_s"] for r in runs]) / 1e9,
+        "storage_bytes_read": s["bytes_read"],  # from storage, statistics rounds included
+        "bytes_reused": s.get("bytes_reused", 0),  # from the object store instead
+        "kept_peak_bytes": s.get("kept_peak_bytes", 0),
         **breakdown(mid["jobs"], s["merge_s"], workers),
     }
     return result

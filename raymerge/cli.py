@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs sharing one CPU, so N-1 wait on storage while one computes (default: 2 when "
         "an input or the output is remote, else 1)",
     )
+    run.add_argument(
+        "--keep-bytes",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="object-store memory for chunks of remote inputs kept from a tensor's first "
+        "statistics round to its merge (TIES, DARE-TIES, DELLA, Model Stock), so each is read "
+        "from storage once (default: half the cluster's object store; 0: read every round)",
+    )
     run.add_argument("--overwrite", action="store_true", help="reuse an OUT holding another run")
     run.add_argument("--allow-nonfinite", action="store_true", help="merge inputs holding NaN/Inf")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -150,6 +159,7 @@ def run_options(args: argparse.Namespace):
             max_attempts=getattr(args, "max_attempts", 3),
             keep_workers=getattr(args, "keep_workers", 0.0),
             jobs_per_cpu=getattr(args, "jobs_per_cpu", None),
+            keep_bytes=getattr(args, "keep_bytes", None),
             progress=not getattr(args, "no_progress", False),
         ),
     )
@@ -160,6 +170,7 @@ def print_summary(s: dict[str, Any], file=sys.stdout) -> None:
         ("method", s["method"]),
         ("tensors / jobs / shards", f"{s['tensors']} / {s['jobs']} / {s['shards']}"),
         ("read", fmt_bytes(s["bytes_read"])),
+        ("reused from memory", fmt_bytes(s.get("bytes_reused", 0))),
         ("written", fmt_bytes(s["bytes_written"])),
         ("merge time", f"{s['merge_s']:.2f} s"),
         ("wall time", f"{s['wall_s']:.2f} s"),

@@ -14,6 +14,9 @@ bytes (:mod:`raymerge.job`); the driver sees only small result dicts. Design poi
 - **Order and backpressure**: jobs go out largest first; at most ``in_flight`` are submitted at
   once (default: twice the job slots), so a 2,000-job 70B plan never floods the scheduler or the
   object store.
+- **Statistics rounds** of chunked tensors (TIES thresholds, L1 sums, Model Stock cosines) run
+  tensor by tensor before that tensor's merge jobs (:class:`_Flow`); chunks of remote inputs are
+  kept in the object store between the rounds and the merge, so each is read from storage once.
 - **ZipIt's statistics stage** (:func:`zipit_stats`, :func:`match_spaces`) runs before the jobs:
   actors that each load the K models once accumulate calibration shards, a tree of reduce tasks
   sums the shard statistics (in shard order: deterministic), and one task per feature space runs
@@ -36,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +72,10 @@ class ExecOptions:
     # jobs sharing one CPU (task mode). None: 2 when an input or the output is remote (one
     # computes while the other waits on the network), 1 when everything is local
     jobs_per_cpu: int | None = None
+    # object-store bytes for chunks of remote inputs kept between the statistics rounds and the
+    # merge of their tensor (each read from storage once). None: half the cluster's object
+    # store; 0: read again each round
+    keep_bytes: int | None = None
 
 
 @dataclass
@@ -77,6 +84,8 @@ class ExecResult:
     retries: int
     nodes: list[str]
     seconds: float
+    stats_bytes_read: int = 0  # read from storage by statistics rounds (jobs: in results)
+    kept_peak_bytes: int = 0  # most chunk bytes held in the object store between reads
 
 
 def connect(opts: ExecOptions) -> bool:
@@ -98,10 +107,30 @@ def connect(opts: ExecOptions) -> bool:
 
 
 def _job_body(
-    job: Job, ctx: JobContext, stats: dict, attempt: int, lock: Any = None
+    job: Job,
+    ctx: JobContext,
+    stats: dict,
+    external: dict,
+    attempt: int,
+    which: tuple[int, ...],
+    *cached: list[Any],
+    lock: Any = None,
 ) -> dict[str, Any]:
+    """``cached[k]``: the kept source bytes of piece ``which[k]`` (object-store arguments, so Ray
+    runs the task where they are)."""
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    result = run_job(job, ctx, stats, device=device, attempt=attempt, compute_lock=lock)
+    held: list[Any] = [None] * len(job.pieces)
+    for pi, raw in zip(which, cached):
+        held[pi] = raw
+    result = run_job(
+        job,
+        ctx,
+        {**stats, **external},
+        device=device,
+        attempt=attempt,
+        compute_lock=lock,
+        cached=held,
+    )
     result["node"] = ray.get_runtime_context().get_node_id()
     result["host"] = socket.gethostname()
     result["pid"] = os.getpid()
@@ -109,11 +138,19 @@ def _job_body(
 
 
 def _stats_body(
-    piece: Piece, ctx: JobContext, prev: list, attempt: int, lock: Any = None
-) -> dict[str, Any]:
+    piece: Piece,
+    ctx: JobContext,
+    prev: list,
+    attempt: int,
+    keep: bool,
+    cached: list[Any] | None = None,
+    lock: Any = None,
+) -> Any:
+    """Statistics of one chunk; with ``keep`` a second return value: its source bytes."""
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    stats = run_stats(piece, ctx, prev, device=device, compute_lock=lock)
-    return {"stats": stats, "attempt": attempt}
+    out = run_stats(piece, ctx, prev, device=device, compute_lock=lock, cached=cached, keep=keep)
+    out["attempt"] = attempt
+    return (out, out.pop("raw")) if keep else out
 
 
 _remote_job = ray.remote(_job_body)
@@ -148,17 +185,17 @@ class _Worker:
         with self.state:
             self.active += 1
         try:
-            return fn(*args, self.compute)
+            return fn(*args, lock=self.compute)
         finally:
             with self.state:
                 self.active -= 1
                 self.last = time.monotonic()
 
-    def job(self, job: Job, ctx: JobContext, stats: dict, attempt: int) -> dict[str, Any]:
-        return self._run(_job_body, job, ctx, stats, attempt)
+    def job(self, *args: Any) -> dict[str, Any]:
+        return self._run(_job_body, *args)
 
-    def stats(self, piece: Piece, ctx: JobContext, prev: list, attempt: int) -> dict[str, Any]:
-        return self._run(_stats_body, piece, ctx, prev, attempt)
+    def stats(self, *args: Any) -> Any:
+        return self._run(_stats_body, *args)
 
     def ping(self) -> int:
         return os.getpid()
@@ -221,11 +258,11 @@ class _Pool:
             )
         return _Worker.options(**opts).remote(self.keep_s)
 
-    def submit(self, kind: str, *args: Any) -> ray.ObjectRef:
+    def submit(self, kind: str, num_returns: int, *args: Any) -> Any:
         i = self.free.popleft()
-        ref = getattr(self.actors[i], kind).remote(*args)
-        self.busy[ref] = (i, self.actors[i])
-        return ref
+        refs = getattr(self.actors[i], kind).options(num_returns=num_returns).remote(*args)
+        self.busy[refs if num_returns == 1 else refs[0]] = (i, self.actors[i])
+        return refs
 
     def release(self, ref: ray.ObjectRef, exc: BaseException | None) -> None:
         i, actor = self.busy.pop(ref)
@@ -275,12 +312,13 @@ class _Runner:
             slots = len(self.pool.free)
             self.limit = min(slots, opts.in_flight or slots)
 
-    def submit(self, kind: str, item_opts: dict[str, Any], *args: Any) -> ray.ObjectRef:
-        """One job or statistics task: to a pooled worker, or as a Ray task."""
+    def submit(self, kind: str, item_opts: dict[str, Any], *args: Any, num_returns: int = 1) -> Any:
+        """One job or statistics task: to a pooled worker, or as a Ray task. Its ref, or its
+        ``num_returns`` refs."""
         if self.pool is not None:
-            return self.pool.submit(kind, *args)
+            return self.pool.submit(kind, num_returns, *args)
         fn = _remote_job if kind == "job" else _remote_stats
-        return fn.options(**item_opts).remote(*args)
+        return fn.options(**item_opts, num_returns=num_returns).remote(*args)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -288,14 +326,16 @@ class _Runner:
 
     def run(
         self,
-        items: list[Any],
+        next_item: Callable[[bool], Any],
         submit: Callable[[Any, int, dict[str, Any]], ray.ObjectRef],
         label: Callable[[Any], str],
         memory: Callable[[Any], int],
         on_done: Callable[[Any, Any], None],
     ) -> None:
+        """Submit what ``next_item(idle)`` hands out (None: nothing ready now; ``idle``: nothing
+        is running either) while fewer than ``limit`` are pending; ends when it hands out
+        nothing and nothing is pending."""
         pending: dict[ray.ObjectRef, tuple[Any, int]] = {}
-        queue = list(reversed(items))
 
         def go(item: Any, attempt: int) -> None:
             opts = {
@@ -307,9 +347,14 @@ class _Runner:
             pending[submit(item, attempt, opts)] = (item, attempt)
 
         try:
-            while queue or pending:
-                while queue and len(pending) < self.limit:
-                    go(queue.pop(), 1)
+            while True:
+                while len(pending) < self.limit:
+                    item = next_item(not pending)
+                    if item is None:
+                        break
+                    go(item, 1)
+                if not pending:
+                    return
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
                 for ref in done:
                     item, attempt = pending.pop(ref)
@@ -345,41 +390,184 @@ class _Runner:
             raise
 
 
-def compute_stats(
-    jobs: list[Job], all_jobs: list[Job], ctx_ref: Any, runner: _Runner
-) -> dict[str, list[Stats]]:
-    """Whole-tensor statistics of the chunked tensors that ``jobs`` touch: one task per chunk
-    (of *every* chunk of such a tensor in ``all_jobs``, also those a resumed run kept) and round,
-    reduced here in chunk order (the reduction of :func:`raymerge.methods.base.combine`)."""
-    wanted = {p.name for j in jobs for p in j.pieces if p.n_chunks > 1 and p.rounds}
-    chunks: dict[str, list[Piece]] = {}
-    for j in all_jobs:
-        for p in j.pieces:
-            if p.name in wanted:
-                chunks.setdefault(p.name, []).append(p)
-    for ps in chunks.values():
-        ps.sort(key=lambda p: p.chunk)
-        assert [p.chunk for p in ps] == list(range(ps[0].n_chunks)), "incomplete chunk list"
-    stats: dict[str, list[Stats]] = {name: [] for name in chunks}
-    for rnd in range(max((ps[0].rounds for ps in chunks.values()), default=0)):
-        todo = [p for ps in chunks.values() if ps[0].rounds > rnd for p in ps]
-        partials: dict[tuple[str, int], Stats] = {}
-        prev_refs = {name: ray.put(stats[name]) for name in {p.name for p in todo}}
+@dataclass
+class _Tensor:
+    """A chunked tensor whose method needs whole-tensor statistics: rounds over all its chunks
+    (reduced in chunk order, :func:`raymerge.methods.base.combine`), then its merge jobs."""
 
-        def submit(p: Piece, attempt: int, o: dict[str, Any], refs=prev_refs) -> ray.ObjectRef:
-            return runner.submit("stats", o, p, ctx_ref, refs[p.name], attempt)
+    name: str
+    chunks: list[Piece]
+    keep: dict[int, int]  # chunk -> bytes of it worth keeping (remote sources, a job to come)
+    waiting: list[Job] = field(default_factory=list)  # jobs that need its statistics
+    stats: list[Stats] = field(default_factory=list)  # one per finished round
+    stats_ref: Any = None  # ray.put(stats)
+    partials: dict[int, Stats] = field(default_factory=dict)
+    raw: dict[int, ray.ObjectRef] = field(default_factory=dict)  # chunk -> its kept bytes
 
-        def label(p: Piece, r: int = rnd) -> str:
-            return f"statistics of {p.name!r} chunk {p.chunk} (round {r + 1})"
 
-        def keep(p: Piece, res: dict[str, Any], into=partials) -> None:
-            into[(p.name, p.chunk)] = res["stats"]
+class _Flow:
+    """What runs when: statistics rounds of chunked tensors, and the merge jobs.
 
-        runner.run(todo, submit, label, lambda p: p.memory_bytes, keep)
-        for name in {p.name for p in todo}:
-            ordered = [partials[(name, c)] for c in range(len(chunks[name]))]
-            stats[name].append(combine(ordered))
-    return stats
+    A merge job may start once every chunked tensor it touches has all its statistics; others
+    start at once (largest first). A tensor is *opened* when its first round is submitted and
+    goes round by round on its own, so its merge jobs start as soon as it is done, not when
+    every tensor is. Where an input is remote, the first round keeps each chunk's bytes in Ray's
+    object store (task return values: they live on the node that read them, and Ray runs the
+    later rounds and the merge job there), so a TIES/DARE-TIES/DELLA/Model Stock tensor is read
+    from storage once, not once per round plus once to merge. Tensors are opened while their
+    kept bytes fit ``keep_bytes``; a tensor larger than that, or one that must start when
+    nothing else can run, goes without (read again each round). A lost object costs one retry
+    of the task that needed it, which then reads from storage.
+
+    Priority when a slot frees: the next round of an opened tensor (its barrier is on the
+    critical path), then jobs whose statistics just completed (they free kept bytes), then
+    opening the next tensor, then independent jobs.
+    """
+
+    def __init__(
+        self,
+        jobs: list[Job],
+        all_jobs: list[Job],
+        ctx: JobContext,
+        runner: _Runner,
+        refs: tuple[Any, Any],
+        keep_bytes: int,
+    ) -> None:
+        self.runner, (self.ctx_ref, self.external_ref) = runner, refs
+        self.keep_bytes, self.held, self.peak = keep_bytes, 0, 0
+        self.stats_read = 0
+        wanted = {p.name for j in jobs for p in j.pieces if p.n_chunks > 1 and p.rounds}
+        todo = {(p.name, p.chunk) for j in jobs for p in j.pieces}
+        remote = {i for i, loc in enumerate(ctx.inputs) if not loc.is_local}
+        chunks: dict[str, list[Piece]] = {}
+        for j in all_jobs:  # a resumed run needs statistics of the chunks it kept, too
+            for p in j.pieces:
+                if p.name in wanted:
+                    chunks.setdefault(p.name, []).append(p)
+        self.tensors: dict[str, _Tensor] = {}
+        for name, ps in chunks.items():
+            ps.sort(key=lambda p: p.chunk)
+            assert [p.chunk for p in ps] == list(range(ps[0].n_chunks)), "incomplete chunks"
+            keep = {
+                p.chunk: sum(s.end - s.start for s in p.sources if s.input in remote)
+                for p in ps
+                if (name, p.chunk) in todo
+            }
+            self.tensors[name] = _Tensor(name, ps, {c: n for c, n in keep.items() if n})
+        self.deps = {j.id: {p.name for p in j.pieces if p.name in wanted} for j in jobs}
+        for j in jobs:
+            for name in sorted(self.deps[j.id]):
+                self.tensors[name].waiting.append(j)
+        self.to_open = deque(self.tensors.values())
+        self.rounds: deque[tuple[_Tensor, Piece]] = deque()
+        self.released: deque[Job] = deque()
+        # largest first (LPT): the last jobs to start are the short ones, so workers finish
+        # together instead of one running a big job while the others sit idle
+        self.plain = deque(sorted((j for j in jobs if not self.deps[j.id]), key=_lpt))
+        self.raw_pending: dict[tuple[str, int], ray.ObjectRef] = {}
+
+    # -- what runs next -------------------------------------------------------------------
+    def next(self, idle: bool) -> tuple[Any, ...] | None:
+        if self.rounds:
+            return ("stats", *self.rounds.popleft())
+        if self.released:
+            return ("job", self.released.popleft())
+        if self.to_open:
+            t = self.to_open[0]
+            need = sum(t.keep.values())
+            if not need or need > self.keep_bytes:
+                return self._open(keep=False)
+            if self.held + need <= self.keep_bytes:
+                return self._open(keep=True)
+            if idle and not self.plain:  # never wait for memory that nothing will free
+                return self._open(keep=False)
+        if self.plain:
+            return ("job", self.plain.popleft())
+        return None
+
+    def _open(self, keep: bool) -> tuple[Any, ...]:
+        t = self.to_open.popleft()
+        if keep:
+            self.held += sum(t.keep.values())
+            self.peak = max(self.peak, self.held)
+        else:
+            t.keep = {}
+        self.rounds.extend((t, p) for p in t.chunks)
+        return ("stats", *self.rounds.popleft())
+
+    def _drop(self, t: _Tensor, chunk: int) -> None:
+        """Chunk ``chunk`` of ``t`` is no longer kept (merged, or its object failed a task)."""
+        self.held -= t.keep.pop(chunk, 0)
+        t.raw.pop(chunk, None)
+
+    # -- submission and completion ----------------------------------------------------------
+    def submit(self, item: tuple[Any, ...], attempt: int, opts: dict[str, Any]) -> ray.ObjectRef:
+        if item[0] == "stats":
+            _, t, p = item
+            cached = t.raw.get(p.chunk)
+            if cached is not None and attempt > 1:  # maybe lost: read storage from now on
+                self._drop(t, p.chunk)
+                cached = None
+            keep = not t.stats and p.chunk in t.keep
+            args = (p, self.ctx_ref, t.stats_ref if t.stats else [], attempt, keep, cached)
+            if not keep:
+                return self.runner.submit("stats", opts, *args)
+            ref, raw = self.runner.submit("stats", opts, *args, num_returns=2)
+            self.raw_pending[(t.name, p.chunk)] = raw
+            return ref
+        job: Job = item[1]
+        which, cached_refs, stats = [], [], {}
+        for pi, p in enumerate(job.pieces):
+            t = self.tensors.get(p.name)
+            if t is None:
+                continue
+            stats[p.name] = t.stats
+            if p.chunk in t.raw:
+                if attempt > 1:
+                    self._drop(t, p.chunk)
+                    continue
+                which.append(pi)
+                cached_refs.append(t.raw[p.chunk])
+        args = (job, self.ctx_ref, stats, self.external_ref, attempt, tuple(which))
+        return self.runner.submit("job", opts, *args, *cached_refs)
+
+    def stats_done(self, t: _Tensor, p: Piece, res: dict[str, Any]) -> None:
+        raw = self.raw_pending.pop((t.name, p.chunk), None)
+        if raw is not None:
+            t.raw[p.chunk] = raw
+        self.stats_read += res["bytes_read"]
+        t.partials[p.chunk] = res["stats"]
+        if len(t.partials) < len(t.chunks):
+            return
+        t.stats.append(combine([t.partials[c] for c in range(len(t.chunks))]))
+        t.stats_ref, t.partials = ray.put(t.stats), {}
+        if len(t.stats) < t.chunks[0].rounds:
+            self.rounds.extend((t, q) for q in t.chunks)
+            return
+        ready = []
+        for j in t.waiting:
+            self.deps[j.id].discard(t.name)
+            if not self.deps[j.id]:
+                ready.append(j)
+        self.released.extend(sorted(ready, key=_lpt))
+
+    def job_done(self, job: Job) -> None:
+        for p in job.pieces:
+            t = self.tensors.get(p.name)
+            if t is not None:
+                self._drop(t, p.chunk)
+
+
+def _lpt(j: Job) -> tuple[int, int, int]:
+    return (-j.bytes_read, -j.nbytes, j.id)
+
+
+def _label(item: tuple[Any, ...]) -> str:
+    if item[0] == "stats":
+        t, p = item[1], item[2]
+        return f"statistics of {p.name!r} chunk {p.chunk} (round {len(t.stats) + 1})"
+    j = item[1]
+    return f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)"
 
 
 @ray.remote
@@ -488,28 +676,31 @@ def execute(
     ``external`` holds statistics computed before the jobs (ZipIt's matchings)."""
     t0 = time.perf_counter()
     runner = _Runner(opts, ctx.remote_io)
-    ctx_ref = ray.put(ctx)
+    keep = opts.keep_bytes
+    if keep is None:  # half the object store: the rest is for arguments, results, spilling
+        keep = int(ray.cluster_resources().get("object_store_memory", 0) // 2)
+    flow = _Flow(jobs, all_jobs or jobs, ctx, runner, (ray.put(ctx), ray.put(external or {})), keep)
     results: dict[int, dict[str, Any]] = {}
 
-    def done(job: Job, res: dict[str, Any]) -> None:
+    def done(item: tuple[Any, ...], res: dict[str, Any]) -> None:
+        if item[0] == "stats":
+            flow.stats_done(item[1], item[2], res)
+            return
+        job = item[1]
+        flow.job_done(job)
         results[job.id] = res
         if on_done:
             on_done(job, res)
 
+    def memory(item: tuple[Any, ...]) -> int:
+        return item[2].memory_bytes if item[0] == "stats" else item[1].memory_bytes
+
     try:
-        stats = compute_stats(jobs, all_jobs or jobs, ctx_ref, runner)
-        stats_ref = ray.put({**stats, **(external or {})})
-        # largest first (LPT): the last jobs to start are the short ones, so workers finish
-        # together instead of one running a big job while the others sit idle
-        order = sorted(jobs, key=lambda j: (-j.bytes_read, -j.nbytes, j.id))
-        runner.run(
-            order,
-            lambda j, attempt, o: runner.submit("job", o, j, ctx_ref, stats_ref, attempt),
-            lambda j: f"job {j.id} ({j.pieces[0].name if j.pieces else 'header'} ...)",
-            lambda j: j.memory_bytes,
-            done,
-        )
+        runner.run(flow.next, flow.submit, _label, memory, done)
     finally:
         runner.close()
+    assert len(results) == len(jobs), "the flow ended with jobs left"
     nodes = sorted({r["node"] for r in results.values()})
-    return ExecResult(results, runner.retries, nodes, time.perf_counter() - t0)
+    return ExecResult(
+        results, runner.retries, nodes, time.perf_counter() - t0, flow.stats_read, flow.peak
+    )

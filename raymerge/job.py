@@ -128,17 +128,43 @@ def _pread(fd: int, start: int, end: int, where: str) -> memoryview:
     return buf
 
 
-def read_pieces(pieces: Sequence[Piece], ctx: JobContext) -> list[list[Any]]:
-    """Raw bytes of every source of every piece, in piece and read order; one batch per input."""
+Cached = Sequence[Sequence[Any] | None]  # per piece: its sources' bytes (None: not held)
+
+
+def read_pieces(
+    pieces: Sequence[Piece], ctx: JobContext, cached: Cached | None = None
+) -> tuple[list[list[Any]], int]:
+    """Raw bytes of every source of every piece, in piece and read order; one batch per input.
+    ``cached[pi][k]``, where given and not None, is source k of piece pi already in memory (a
+    chunk kept from an earlier statistics round) and is not read again. Also returns the bytes
+    read from storage."""
     wanted: dict[int, list[tuple[int, int, tuple[str, int, int]]]] = {}
-    for pi, p in enumerate(pieces):
-        for k, s in enumerate(p.sources):
-            wanted.setdefault(s.input, []).append((pi, k, (s.file, s.start, s.end)))
     out: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
+    nread = 0
+    for pi, p in enumerate(pieces):
+        have = cached[pi] if cached else None
+        for k, s in enumerate(p.sources):
+            if have is not None and have[k] is not None:
+                out[pi][k] = have[k]
+                continue
+            wanted.setdefault(s.input, []).append((pi, k, (s.file, s.start, s.end)))
+            nread += s.end - s.start
     for i, items in wanted.items():
         for (pi, k, _), buf in zip(items, fetch(ctx.inputs[i], [r for _, _, r in items])):
             out[pi][k] = buf
-    return out
+    return out, nread
+
+
+def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
+    """The sources of ``piece`` worth keeping in memory for its next reads: those of remote
+    inputs, as uint8 arrays (zero-copy; Ray stores numpy arrays out of band). Local inputs are
+    mapped from the page cache, which already keeps them; they are None (read again)."""
+    import numpy as np
+
+    return [
+        None if ctx.inputs[s.input].is_local else np.frombuffer(b, dtype=np.uint8)
+        for s, b in zip(piece.sources, raw)
+    ]
 
 
 def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator[torch.Tensor]:
@@ -224,12 +250,21 @@ def run_stats(
     prev: list[Stats],
     device: str = "cpu",
     compute_lock: AbstractContextManager[Any] | None = None,
-) -> Stats:
-    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (returned on CPU).
-    ``compute_lock``: held while computing, not while reading (see :func:`run_job`)."""
-    raw = read_pieces([piece], ctx)[0]
+    cached: Sequence[Any] | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (returned on CPU),
+    and the bytes it read from storage. ``compute_lock``: held while computing, not while
+    reading (see :func:`run_job`). ``cached``: the chunk's source bytes where already in memory;
+    ``keep``: also return them (``"raw"``, see :func:`keepable`) for the rounds and the merge
+    after this one."""
+    raws, nread = read_pieces([piece], ctx, [cached])
     with compute_lock or nullcontext():
-        return _piece_stats(piece, raw, ctx, prev, device)
+        stats = _piece_stats(piece, raws[0], ctx, prev, device)
+    out = {"stats": stats, "bytes_read": nread}
+    if keep:
+        out["raw"] = keepable(piece, raws[0], ctx)
+    return out
 
 
 def _piece_stats(piece: Piece, raw: list[Any], ctx: JobContext, prev: list[Stats], device: str):
@@ -273,16 +308,18 @@ def run_job(
     device: str = "cpu",
     attempt: int = 1,
     compute_lock: AbstractContextManager[Any] | None = None,
+    cached: Cached | None = None,
 ) -> dict[str, Any]:
     """Compute and write one job; return its checksums and timings. ``stats`` holds the reduced
     statistics of chunked tensors whose method needs whole-tensor statistics (by tensor name),
-    and the external statistics the method names (by key, e.g. ``zipit:<space>``).
+    and the external statistics the method names (by key, e.g. ``zipit:<space>``). ``cached``:
+    source bytes already in memory (see :func:`read_pieces`), not read again.
 
     ``compute_lock`` is held only while computing: a worker running two jobs at once (pooled
     workers) reads or writes one while the other computes, and never computes two at a time."""
     t0 = time.perf_counter()
     retries0 = storage_retries()
-    raw = read_pieces(job.pieces, ctx)
+    raw, nread = read_pieces(job.pieces, ctx, cached)
     _inject_fault(job, ctx.fault_marker)
     t_read = time.perf_counter() - t0
     with compute_lock or nullcontext():
@@ -300,7 +337,8 @@ def run_job(
         "read_s": t_read,
         "compute_s": t_compute,
         "write_s": t_write,
-        "bytes_read": job.bytes_read,
+        "bytes_read": nread,  # from storage; the rest of job.bytes_read was kept in memory
+        "bytes_reused": job.bytes_read - nread,
         "bytes_written": job.nbytes,
         "rss_peak": peak_rss(),
         "storage_retries": storage_retries() - retries0,

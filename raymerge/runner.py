@@ -302,7 +302,8 @@ class ZipStage:
 def _summary(
     plan: Plan, result: Any, results: dict[int, dict[str, Any]], wall: float, run_id: str
 ) -> dict[str, Any]:
-    read = sum(r["bytes_read"] for r in result.results.values())
+    # from storage, by the jobs and the statistics rounds (chunks kept in memory count once)
+    read = sum(r["bytes_read"] for r in result.results.values()) + result.stats_bytes_read
     written = sum(s.size for s in plan.shards)
     return {
         "run_id": run_id,
@@ -313,6 +314,8 @@ def _summary(
         "shards": len(plan.shards),
         "bytes_read": read,
         "bytes_written": written,
+        "bytes_reused": sum(r.get("bytes_reused", 0) for r in result.results.values()),
+        "kept_peak_bytes": result.kept_peak_bytes,
         "merge_s": result.seconds,
         "wall_s": wall,
         "read_gbps": read / result.seconds / 1e9 if result.seconds else 0.0,

@@ -1,7 +1,8 @@
 """A fault-injecting HTTP proxy for S3 tests: sits on 127.0.0.1 in front of moto's server.
 
 For a seeded ~``rate`` fraction of requests it answers ``503 SlowDown`` or drops the connection
-without a response; requests under a ``deny`` prefix get ``403 AccessDenied``. Counts what it did.
+without a response; requests under a ``deny`` prefix get ``403 AccessDenied``. Counts what it did
+and the bytes it served per object (``served``).
 With ``stream_bytes_per_s`` every response body is held back as long as one stream of that
 bandwidth would take to deliver it (sleeping, not computing: like a remote store's per-connection
 throughput, while many connections together go faster; benchmarks/overlap.py).
@@ -39,6 +40,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.deny: list[str] = []
         self.counts = {"requests": 0, "slowdown": 0, "dropped": 0, "denied": 0}
+        self.served: dict[str, int] = {}  # body bytes of successful GETs, by path
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +97,10 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if self.command == "GET" and resp.status in (200, 206):
+                        path = self.path.split("?")[0]
+                        with proxy.lock:
+                            proxy.served[path] = proxy.served.get(path, 0) + len(data)
                     if proxy.stream_bytes_per_s:
                         time.sleep((len(body) + len(data)) / proxy.stream_bytes_per_s)
                     self.send_response(resp.status)

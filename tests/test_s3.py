@@ -112,3 +112,95 @@ def test_missing_input_on_s3(tmp_path, family, s3, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "s3://models/in/does-not-exist: model folder not found" in err
     assert not fs.exists(f"{BUCKET}/out")
+
+
+def _ties_s3(tmp_path, refs, opts, name="ties.json"):
+    cfg = {
+        "merge_method": "ties",
+        "base_model": refs[0],
+        "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.4}} for m in refs[1:]],
+        "storage_options": {"s3://": opts},
+    }
+    p = tmp_path / name
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
+def _run_json(args, capsys):
+    rc = main([*args, "--no-progress", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    return json.loads(cap.out[cap.out.index("{\n") :])
+
+
+def test_chunks_with_statistics_rounds_are_read_from_s3_once(
+    tmp_path, wide_family, ray_session, s3, capsys, monkeypatch
+):
+    """TIES over chunked tensors needs two threshold rounds before the merge: with remote inputs
+    each chunk's bytes are read once (kept in the object store), counted by the proxy in front
+    of S3; without keeping (--keep-bytes 0) every round reads them again; both write the local
+    run's bytes; a budget for one tensor at a time still reads once; lost objects fall back to
+    storage reads."""
+    from raymerge import executor
+    from tests.faultproxy import FaultProxy
+
+    fs, refs = upload(s3, wide_family)
+    sizing = ["--job-memory", "34MiB", "--shard-size", "200KB"]
+    main(["run", _ties_s3(tmp_path, wide_family, s3, "local.json"), str(tmp_path / "local"),
+          "--no-progress", *sizing])  # fmt: skip
+    want = shard_bytes(str(tmp_path / "local"))
+    served, summaries = {}, {}
+
+    def merged(key, extra):
+        out = f"{BUCKET}/{key}"
+        with FaultProxy(s3["endpoint_url"], rate=0.0) as proxy:
+            cfg = _ties_s3(tmp_path, refs, dict(s3, endpoint_url=proxy.url))
+            summaries[key] = _run_json(["run", cfg, f"s3://{out}", *sizing, *extra], capsys)
+        served[key] = sum(
+            n for path, n in proxy.served.items() if path.startswith(f"/{BUCKET}/in/")
+        )
+        assert {n: fs.cat_file(f"{out}/{n}") for n in want} == want, key
+
+    merged("keep", [])
+    merged("reread", ["--keep-bytes", "0"])
+    assert main(["plan", _ties_s3(tmp_path, refs, s3), *sizing, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    chunked = plan["chunked_tensors"]
+    assert chunked >= 2, plan  # the embeddings and lm_head come in several chunks
+    source = plan["bytes_read"]  # every tensor's source ranges, once
+    keep, reread = summaries["keep"], summaries["reread"]
+    assert keep["bytes_read"] == source and keep["bytes_reused"] > 0, keep
+    assert 0 < keep["kept_peak_bytes"] <= keep["bytes_reused"]
+    # two threshold rounds read each kept byte twice more, at the proxy and in the summary
+    assert reread["bytes_reused"] == 0 and reread["kept_peak_bytes"] == 0
+    assert reread["bytes_read"] - source == 2 * keep["bytes_reused"]
+    assert served["reread"] - served["keep"] == 2 * keep["bytes_reused"], served
+
+    # a budget that holds one chunked tensor at a time: tensor by tensor, still read once
+    one = keep["kept_peak_bytes"] // chunked + 1
+    merged("one", ["--keep-bytes", str(one)])
+    assert summaries["one"]["kept_peak_bytes"] <= one
+    assert summaries["one"]["bytes_read"] == source and served["one"] == served["keep"]
+
+    # kept objects lost (their owner died, as when a node goes): the tasks that needed them fail
+    # once and are retried reading storage; the output is the same
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def hold(self, n):
+            return [ray.put(bytes(n))]  # in a list: the caller gets the ref, owned here
+
+    done = executor._Flow.stats_done
+
+    def losing(self, t, p, res):
+        done(self, t, p, res)
+        if p.chunk in t.raw:
+            owner = Owner.remote()
+            t.raw[p.chunk] = ray.get(owner.hold.remote(16))[0]
+            ray.kill(owner)
+
+    monkeypatch.setattr(executor._Flow, "stats_done", losing)
+    merged("lost", [])
+    lost = summaries["lost"]
+    assert lost["retries"] >= 1 and lost["bytes_read"] > source, lost
