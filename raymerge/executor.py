@@ -85,6 +85,7 @@ class ExecResult:
     nodes: list[str]
     seconds: float
     stats_bytes_read: int = 0  # read from storage by statistics rounds (jobs: in results)
+    stats_storage_retries: int = 0  # storage requests they retried
     kept_peak_bytes: int = 0  # most chunk bytes held in the object store between reads
 
 
@@ -435,7 +436,7 @@ class _Flow:
     ) -> None:
         self.runner, (self.ctx_ref, self.external_ref) = runner, refs
         self.keep_bytes, self.held, self.peak = keep_bytes, 0, 0
-        self.stats_read = 0
+        self.stats_read = self.stats_retries = 0
         wanted = {p.name for j in jobs for p in j.pieces if p.n_chunks > 1 and p.rounds}
         todo = {(p.name, p.chunk) for j in jobs for p in j.pieces}
         remote = {i for i, loc in enumerate(ctx.inputs) if not loc.is_local}
@@ -536,6 +537,7 @@ class _Flow:
         if raw is not None:
             t.raw[p.chunk] = raw
         self.stats_read += res["bytes_read"]
+        self.stats_retries += res["storage_retries"]
         t.partials[p.chunk] = res["stats"]
         if len(t.partials) < len(t.chunks):
             return
@@ -702,5 +704,11 @@ def execute(
     assert len(results) == len(jobs), "the flow ended with jobs left"
     nodes = sorted({r["node"] for r in results.values()})
     return ExecResult(
-        results, runner.retries, nodes, time.perf_counter() - t0, flow.stats_read, flow.peak
+        results,
+        runner.retries,
+        nodes,
+        time.perf_counter() - t0,
+        stats_bytes_read=flow.stats_read,
+        stats_storage_retries=flow.stats_retries,
+        kept_peak_bytes=flow.peak,
     )

@@ -32,7 +32,7 @@ from raymerge.io.writer import checksum
 from raymerge.methods import BLOCK_ELEMENTS, get_method, merge_piece, piece_stats
 from raymerge.methods.base import PieceInfo, Stats
 from raymerge.plan import Job, Piece
-from raymerge.storage import Location, storage_retries
+from raymerge.storage import Location, counting_retries
 
 REMOTE_RANGE_BYTES = 32 << 20  # split big remote reads into ranged GETs of this size
 
@@ -258,10 +258,11 @@ def run_stats(
     reading (see :func:`run_job`). ``cached``: the chunk's source bytes where already in memory;
     ``keep``: also return them (``"raw"``, see :func:`keepable`) for the rounds and the merge
     after this one."""
-    raws, nread = read_pieces([piece], ctx, [cached])
+    with counting_retries() as retries:
+        raws, nread = read_pieces([piece], ctx, [cached])
     with compute_lock or nullcontext():
         stats = _piece_stats(piece, raws[0], ctx, prev, device)
-    out = {"stats": stats, "bytes_read": nread}
+    out = {"stats": stats, "bytes_read": nread, "storage_retries": retries[0]}
     if keep:
         out["raw"] = keepable(piece, raws[0], ctx)
     return out
@@ -317,18 +318,18 @@ def run_job(
 
     ``compute_lock`` is held only while computing: a worker running two jobs at once (pooled
     workers) reads or writes one while the other computes, and never computes two at a time."""
-    t0 = time.perf_counter()
-    retries0 = storage_retries()
-    raw, nread = read_pieces(job.pieces, ctx, cached)
-    _inject_fault(job, ctx.fault_marker)
-    t_read = time.perf_counter() - t0
-    with compute_lock or nullcontext():
-        t1 = time.perf_counter()
-        view, checks = _compute(job, raw, ctx, stats, device)
-        t_compute = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    sink_info = ctx.sink.write(job, view)
-    t_write = time.perf_counter() - t2
+    with counting_retries() as retries:
+        t0 = time.perf_counter()
+        raw, nread = read_pieces(job.pieces, ctx, cached)
+        _inject_fault(job, ctx.fault_marker)
+        t_read = time.perf_counter() - t0
+        with compute_lock or nullcontext():
+            t1 = time.perf_counter()
+            view, checks = _compute(job, raw, ctx, stats, device)
+            t_compute = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        sink_info = ctx.sink.write(job, view)
+        t_write = time.perf_counter() - t2
     return {
         "job": job.id,
         "checksums": checks,
@@ -341,7 +342,7 @@ def run_job(
         "bytes_reused": job.bytes_read - nread,
         "bytes_written": job.nbytes,
         "rss_peak": peak_rss(),
-        "storage_retries": storage_retries() - retries0,
+        "storage_retries": retries[0],
         **sink_info,
     }
 

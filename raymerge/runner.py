@@ -324,7 +324,8 @@ def _summary(
         "peak_worker_rss": max((r.get("rss_peak", 0) for r in results.values()), default=0),
         "driver_rss": peak_rss(),
         "retries": result.retries,
-        "storage_retries": sum(r.get("storage_retries", 0) for r in result.results.values()),
+        "storage_retries": result.stats_storage_retries
+        + sum(r.get("storage_retries", 0) for r in result.results.values()),
         "nodes": len(result.nodes),
         "worker_processes": len({r.get("pid") for r in result.results.values()}),
     }

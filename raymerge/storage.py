@@ -23,7 +23,9 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,8 +124,15 @@ def redact_url(url: str) -> str:
     return _URL_USERINFO.sub(r"\1***:***@", url)
 
 
+# the counter of the innermost counting_retries() scope of the current context. fsspec runs
+# s3fs's coroutines on its own event-loop thread, but asyncio copies the submitting thread's
+# context into each task, so a retry logged there is seen in the scope of the job that issued it
+_SCOPE: ContextVar[list[int] | None] = ContextVar("raymerge_storage_retries", default=None)
+
+
 class _RetryCounter(logging.Handler):
-    """Counts botocore's retries (throttling, 5xx, dropped connections) in this process.
+    """Counts botocore's retries (throttling, 5xx, dropped connections) in this process, and in
+    the ``counting_retries`` scope of the request's context.
 
     botocore logs "Response received to retry, sleeping ..." at DEBUG on ``botocore.endpoint``
     whenever it retries a request. That logger is switched to DEBUG with this handler as its only
@@ -142,6 +151,9 @@ class _RetryCounter(logging.Handler):
                 parent.handle(record)
         elif str(record.msg).startswith("Response received to retry"):
             self.count += 1
+            scope = _SCOPE.get()
+            if scope is not None:
+                scope[0] += 1
 
 
 _COUNTER: _RetryCounter | None = None
@@ -159,3 +171,17 @@ def storage_retries() -> int:
             log.setLevel(logging.DEBUG)
             log.propagate = False
         return _COUNTER.count
+
+
+@contextmanager
+def counting_retries() -> Iterator[list[int]]:
+    """``[n]``: the storage retries of requests issued from this thread (or task) inside the
+    ``with`` block. Unlike differences of :func:`storage_retries`, two jobs overlapping in one
+    process (a pooled worker's two slots) each count only their own."""
+    storage_retries()  # the handler is installed
+    box = [0]
+    token = _SCOPE.set(box)
+    try:
+        yield box
+    finally:
+        _SCOPE.reset(token)
