@@ -110,18 +110,19 @@ def connect(opts: ExecOptions) -> bool:
 def _job_body(
     job: Job,
     ctx: JobContext,
-    stats: dict,
     external: dict,
     attempt: int,
+    names: tuple[str, ...],
     which: tuple[int, ...],
-    *cached: list[Any],
+    *objs: Any,
     lock: Any = None,
 ) -> dict[str, Any]:
-    """``cached[k]``: the kept source bytes of piece ``which[k]`` (object-store arguments, so Ray
-    runs the task where they are)."""
+    """``objs``: the statistics of chunked tensors ``names``, then the kept source bytes of
+    pieces ``which`` (object-store arguments: in task mode Ray prefers the node holding them)."""
     device = "cuda" if ray.get_gpu_ids() else "cpu"
+    stats = dict(zip(names, objs[: len(names)]))
     held: list[Any] = [None] * len(job.pieces)
-    for pi, raw in zip(which, cached):
+    for pi, raw in zip(which, objs[len(names) :]):
         held[pi] = raw
     result = run_job(
         job,
@@ -413,12 +414,15 @@ class _Flow:
     start at once (largest first). A tensor is *opened* when its first round is submitted and
     goes round by round on its own, so its merge jobs start as soon as it is done, not when
     every tensor is. Where an input is remote, the first round keeps each chunk's bytes in Ray's
-    object store (task return values: they live on the node that read them, and Ray runs the
-    later rounds and the merge job there), so a TIES/DARE-TIES/DELLA/Model Stock tensor is read
-    from storage once, not once per round plus once to merge. Tensors are opened while their
-    kept bytes fit ``keep_bytes``; a tensor larger than that, or one that must start when
-    nothing else can run, goes without (read again each round). A lost object costs one retry
-    of the task that needed it, which then reads from storage.
+    object store (task return values: they live on the node that read them; in task mode Ray
+    prefers to run the later rounds and the merge job there, pooled actors fetch them from
+    there), so a TIES/DARE-TIES/DELLA/Model Stock tensor is read from storage once, not once per
+    round plus once to merge. Tensors are opened, in plan order, while their kept bytes fit
+    ``keep_bytes`` (a tensor that does not fit now lets a later, smaller one go first); a
+    tensor larger than that, or one that must start when nothing else can run, goes without
+    (read again each round). Ray spills a node's store to its disk if the kept bytes pile up on
+    one node. A lost object costs one retry of the task that needed it, which then reads from
+    storage.
 
     Priority when a slot frees: the next round of an opened tensor (its barrier is on the
     critical path), then jobs whose statistics just completed (they free kept bytes), then
@@ -473,21 +477,20 @@ class _Flow:
             return ("stats", *self.rounds.popleft())
         if self.released:
             return ("job", self.released.popleft())
-        if self.to_open:
-            t = self.to_open[0]
+        for t in self.to_open:  # in plan order; one that does not fit lets the next try
             need = sum(t.keep.values())
             if not need or need > self.keep_bytes:
-                return self._open(keep=False)
+                return self._open(t, keep=False)
             if self.held + need <= self.keep_bytes:
-                return self._open(keep=True)
-            if idle and not self.plain:  # never wait for memory that nothing will free
-                return self._open(keep=False)
+                return self._open(t, keep=True)
+        if self.to_open and idle and not self.plain:  # never wait for memory nothing will free
+            return self._open(self.to_open[0], keep=False)
         if self.plain:
             return ("job", self.plain.popleft())
         return None
 
-    def _open(self, keep: bool) -> tuple[Any, ...]:
-        t = self.to_open.popleft()
+    def _open(self, t: _Tensor, keep: bool) -> tuple[Any, ...]:
+        self.to_open.remove(t)
         if keep:
             self.held += sum(t.keep.values())
             self.peak = max(self.peak, self.held)
@@ -517,20 +520,22 @@ class _Flow:
             self.raw_pending[(t.name, p.chunk)] = raw
             return ref
         job: Job = item[1]
-        which, cached_refs, stats = [], [], {}
+        which, cached_refs, names, stats_refs = [], [], [], []
         for pi, p in enumerate(job.pieces):
             t = self.tensors.get(p.name)
             if t is None:
                 continue
-            stats[p.name] = t.stats
+            if p.name not in names:  # statistics: put once per round, shared by its jobs
+                names.append(p.name)
+                stats_refs.append(t.stats_ref)
             if p.chunk in t.raw:
                 if attempt > 1:
                     self._drop(t, p.chunk)
                     continue
                 which.append(pi)
                 cached_refs.append(t.raw[p.chunk])
-        args = (job, self.ctx_ref, stats, self.external_ref, attempt, tuple(which))
-        return self.runner.submit("job", opts, *args, *cached_refs)
+        args = (job, self.ctx_ref, self.external_ref, attempt, tuple(names), tuple(which))
+        return self.runner.submit("job", opts, *args, *stats_refs, *cached_refs)
 
     def stats_done(self, t: _Tensor, p: Piece, res: dict[str, Any]) -> None:
         raw = self.raw_pending.pop((t.name, p.chunk), None)

@@ -264,6 +264,57 @@ def test_chunked_equals_whole_exactly(name, over, shape):
     assert torch.equal(torch.cat([p.reshape(-1) for p in parts]), whole.reshape(-1))
 
 
+@pytest.mark.parametrize(
+    ("name", "over"), CHUNK_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CHUNK_CASES)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_and_statistics_never_write_their_inputs(name, over, dtype):
+    """Jobs hand kernels tensors that alias shared memory: pages of the input files (private
+    mappings) or chunks kept in Ray's object store for the next rounds and the merge. A write
+    into an input would corrupt what the next reader sees, so none may happen."""
+    method = get_method(name)
+    lo, hi = method.inputs
+    n = lo if hi == lo else 3
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(40, 9, generator=g).to(dtype)
+    xs = [(base.float() + 0.1 * torch.randn(40, 9, generator=g)).to(dtype) for _ in range(n)]
+    wide, per = defaults(name, n, **over)
+    b = base if method.base == "required" else None
+    before = [t.clone() for t in ([base] if b is not None else []) + xs]
+    merge_piece(method, PieceInfo("w", (40, 9), 0, 360, 3), b, xs, per, wide)  # whole, rounds
+    chunks = [(0, 90), (90, 270), (270, 360)]  # chunked: rounds over all chunks, then kernels
+
+    def cut(t, a, z):
+        return t.reshape(-1)[a:z].reshape(-1, 9)
+
+    stats: list = []
+    for _ in method.stat_rounds(wide, per):
+        stats.append(
+            combine(
+                [
+                    piece_stats(
+                        method,
+                        PieceInfo("w", (40, 9), a, z, 3),
+                        None if b is None else cut(b, a, z),
+                        [cut(x, a, z) for x in xs],
+                        per,
+                        wide,
+                        stats,
+                        torch.float32,
+                    )
+                    for a, z in chunks
+                ]
+            )
+        )
+    for a, z in chunks:
+        info = PieceInfo("w", (40, 9), a, z, 3)
+        b_c = None if b is None else cut(b, a, z)
+        merge_piece(method, info, b_c, [cut(x, a, z) for x in xs], per, wide, stats,
+                    math_dtype=torch.float32)  # fmt: skip
+    after = ([base] if b is not None else []) + xs
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 @pytest.mark.parametrize("shape", [(), (0, 4), (4, 0), (5,), (3, 7)])
 def test_every_method_merging_a_model_with_itself_returns_it(name, shape):
