@@ -60,6 +60,18 @@ def job_matches(
     )
 
 
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing [offset, offset + length) of ``fd`` to disk without waiting (Linux:
+    fadvise DONTNEED starts writeback of the range's dirty pages and keeps them; only clean
+    pages are dropped), so the commit's fsync finds most of the shard on disk already instead
+    of flushing it all at the end, serially, after the last job."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass  # advice only
+
+
 class LocalSink:
     kind = "local"
 
@@ -107,6 +119,7 @@ class LocalSink:
             done = 0
             while done < len(data):
                 done += os.pwrite(fd, data[done:], job.out_start + done)
+            _start_writeback(fd, job.out_start, len(data))
         finally:
             os.close(fd)
         return {}
