@@ -1,0 +1,132 @@
+"""The executor's scheduling policy for statistics rounds and merge jobs (``executor._Flow``),
+driven by hand: no Ray tasks run; ``ray.put`` is replaced by the identity."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from raymerge import executor
+from raymerge.job import JobContext
+from raymerge.plan import Job, Piece, Source
+from raymerge.storage import resolve
+
+
+def piece(name: str, chunk: int, n_chunks: int, nbytes: int, rounds: int = 2) -> Piece:
+    """A chunk whose one source (input 0, remote) is ``nbytes`` long."""
+    src = Source(0, name, "model.safetensors", 1000 * chunk, 1000 * chunk + nbytes, "F32")
+    return Piece(
+        name=name,
+        chunk=chunk,
+        n_chunks=n_chunks,
+        shape=(n_chunks, nbytes // 4),
+        piece_shape=(1, nbytes // 4),
+        elem_start=chunk * nbytes // 4,
+        elem_end=(chunk + 1) * nbytes // 4,
+        out_dtype="F32",
+        out_start=0,
+        out_end=nbytes,
+        sources=(src,),
+        has_base=False,
+        params="{}",
+        memory_bytes=nbytes,
+        block_bytes=0,
+        rounds=rounds,
+        seed=0,
+    )
+
+
+def job(jid: int, *pieces: Piece) -> Job:
+    return Job(jid, 0, jid + 1, 0, sum(p.nbytes for p in pieces), pieces, 1)
+
+
+@pytest.fixture
+def flow_of(monkeypatch):
+    monkeypatch.setattr(executor.ray, "put", lambda value: value)
+    remote = resolve("s3://bucket/model", {})
+    ctx = JobContext((remote,), "ties", "F32", (), NS(kind="local"))
+
+    def make(jobs: list[Job], keep_bytes: int) -> executor._Flow:
+        return executor._Flow(jobs, jobs, ctx, NS(), (None, None), keep_bytes)
+
+    return make
+
+
+def finish_rounds(flow: executor._Flow, items: list[tuple]) -> None:
+    for item in items:
+        assert item[0] == "stats"
+        flow.stats_done(item[1], item[2], {"stats": {}, "bytes_read": 0, "storage_retries": 0})
+
+
+def take(flow: executor._Flow, idle: bool = False) -> list[tuple]:
+    """Everything ``next`` hands out now."""
+    out = []
+    while (item := flow.next(idle and not out)) is not None:
+        out.append(item)
+    return out
+
+
+def test_a_tensor_that_does_not_fit_lets_a_smaller_one_go_first(flow_of):
+    a = [piece("a", c, 2, 30) for c in range(2)]  # keeps 60
+    b = [piece("b", c, 2, 30) for c in range(2)]  # keeps 60
+    c = [piece("c", k, 2, 15) for k in range(2)]  # keeps 30
+    plain = piece("norm", 0, 1, 8, rounds=0)
+    jobs = [job(0, *a), job(1, *b), job(2, *c), job(3, plain)]
+    flow = flow_of(jobs, keep_bytes=100)
+    first = take(flow)
+    # a opens (60 held); b would make 120: c (90) goes ahead of it; then the independent job
+    assert [(i[0], getattr(i[-1], "name", None)) for i in first] == [
+        ("stats", "a"),
+        ("stats", "a"),
+        ("stats", "c"),
+        ("stats", "c"),
+        ("job", None),
+    ]
+    assert flow.held == 90 and flow.peak == 90
+    finish_rounds(flow, first[:4])  # round 1 of a and c done: their second rounds come next
+    second = take(flow)
+    assert [i[1].name for i in second] == ["a", "a", "c", "c"]
+    finish_rounds(flow, second)
+    released = take(flow)  # both tensors complete: their merge jobs; b still does not fit
+    assert [i[1].id for i in released] == [0, 2]
+    flow.job_done(jobs[0])  # a's kept bytes are freed: b fits now
+    assert flow.held == 30
+    assert [(i[0], i[1].name) for i in take(flow)] == [("stats", "b"), ("stats", "b")]
+    assert flow.held == 90 and flow.peak == 90
+
+
+def test_nothing_running_and_no_room_opens_without_keeping(flow_of):
+    """A job holding chunks of two tensors keeps the first one's bytes until the second is done;
+    when the second cannot fit and nothing else can run, it goes without keeping rather than
+    wait forever."""
+    a = [piece("a", c, 2, 30) for c in range(2)]
+    b = [piece("b", c, 2, 30) for c in range(2)]
+    jobs = [job(0, a[0]), job(1, a[1], b[0]), job(2, b[1])]
+    flow = flow_of(jobs, keep_bytes=80)
+    items = take(flow)
+    assert [i[1].name for i in items] == ["a", "a"] and flow.held == 60
+    finish_rounds(flow, items)
+    finish_rounds(flow, take(flow))
+    released = take(flow)
+    assert [i[1].id for i in released] == [0]  # job 1 waits for b
+    flow.job_done(jobs[0])
+    assert flow.held == 30 and take(flow) == []  # b (60) does not fit next to a's 30
+    opened = take(flow, idle=True)  # nothing is running: b goes, read again each round
+    assert [i[1].name for i in opened] == ["b", "b"] and flow.held == 30
+    assert not opened[0][1].keep
+    finish_rounds(flow, opened)
+    finish_rounds(flow, take(flow))
+    assert sorted(i[1].id for i in take(flow)) == [1, 2]
+
+
+def test_local_inputs_keep_nothing_and_open_every_tensor_at_once(flow_of, tmp_path):
+    flow = flow_of([job(0, piece("a", 0, 1, 8, rounds=0))], keep_bytes=100)
+    assert flow.tensors == {}  # an unchunked tensor computes its statistics in its own job
+    local = resolve(str(tmp_path))
+    ctx = JobContext((local,), "ties", "F32", (), NS(kind="local"))
+    a = [piece("a", c, 2, 30) for c in range(2)]
+    b = [piece("b", c, 2, 30) for c in range(2)]
+    jobs = [job(0, *a), job(1, *b)]
+    flow = executor._Flow(jobs, jobs, ctx, NS(), (None, None), 100)
+    assert [i[1].name for i in take(flow)] == ["a", "a", "b", "b"] and flow.held == 0
