@@ -31,6 +31,7 @@ bytes (:mod:`raymerge.job`); the driver sees only small result dicts. Design poi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -152,6 +153,7 @@ def _stats_body(
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     out = run_stats(piece, ctx, prev, device=device, compute_lock=lock, cached=cached, keep=keep)
     out["attempt"] = attempt
+    out["node"] = ray.get_runtime_context().get_node_id()
     return (out, out.pop("raw")) if keep else out
 
 
@@ -231,6 +233,7 @@ class _Pool:
         # one entry per free slot, actors interleaved, so work spreads before slots double up
         self.free = deque(i for _ in range(SLOTS_PER_WORKER) for i in range(len(self.actors)))
         self.busy: dict[ray.ObjectRef, tuple[int, Any]] = {}
+        self.nodes: list[str | None] = [None] * len(self.actors)  # learnt from results
 
     @staticmethod
     def name(tag: str, i: int) -> str:
@@ -266,13 +269,23 @@ class _Pool:
         self.busy[refs if num_returns == 1 else refs[0]] = (i, self.actors[i])
         return refs
 
-    def release(self, ref: ray.ObjectRef, exc: BaseException | None) -> None:
+    def release(
+        self, ref: ray.ObjectRef, exc: BaseException | None, node: str | None = None
+    ) -> None:
+        """A slot is free again; ``node``: where its work ran (results carry it)."""
         i, actor = self.busy.pop(ref)
         # died (node lost, killed): a fresh one, once (its other slot fails the same way)
         if isinstance(exc, ray.exceptions.RayActorError) and self.actors[i] is actor:
             self.actors[i] = self._start(i)
+            self.nodes[i] = None
             self.mine.add(i)
+        elif node is not None and self.actors[i] is actor:
+            self.nodes[i] = node
         self.free.append(i)
+
+    def free_node(self) -> str | None:
+        """The node of the slot the next submission gets, if known."""
+        return self.nodes[self.free[0]] if self.free else None
 
     def close(self) -> None:
         if self.keep_s <= 0:
@@ -328,15 +341,16 @@ class _Runner:
 
     def run(
         self,
-        next_item: Callable[[bool], Any],
+        next_item: Callable[[bool, str | None], Any],
         submit: Callable[[Any, int, dict[str, Any]], ray.ObjectRef],
         label: Callable[[Any], str],
         memory: Callable[[Any], int],
         on_done: Callable[[Any, Any], None],
     ) -> None:
-        """Submit what ``next_item(idle)`` hands out (None: nothing ready now; ``idle``: nothing
-        is running either) while fewer than ``limit`` are pending; ends when it hands out
-        nothing and nothing is pending."""
+        """Submit what ``next_item(idle, node)`` hands out (None: nothing ready now; ``idle``:
+        nothing is running either; ``node``: where a pooled worker's slot is free, if known)
+        while fewer than ``limit`` are pending; ends when it hands out nothing and nothing is
+        pending."""
         pending: dict[ray.ObjectRef, tuple[Any, int]] = {}
 
         def go(item: Any, attempt: int) -> None:
@@ -351,7 +365,7 @@ class _Runner:
         try:
             while True:
                 while len(pending) < self.limit:
-                    item = next_item(not pending)
+                    item = next_item(not pending, self.pool.free_node() if self.pool else None)
                     if item is None:
                         break
                     go(item, 1)
@@ -381,7 +395,7 @@ class _Runner:
                         go(item, attempt + 1)
                         continue
                     if self.pool is not None:
-                        self.pool.release(ref, None)
+                        self.pool.release(ref, None, res.get("node"))
                     on_done(item, res)
         except BaseException:
             for ref in pending:
@@ -405,6 +419,7 @@ class _Tensor:
     stats_ref: Any = None  # ray.put(stats)
     partials: dict[int, Stats] = field(default_factory=dict)
     raw: dict[int, ray.ObjectRef] = field(default_factory=dict)  # chunk -> its kept bytes
+    where: dict[int, str] = field(default_factory=dict)  # chunk -> node holding its kept bytes
 
 
 class _Flow:
@@ -472,11 +487,14 @@ class _Flow:
         self.raw_pending: dict[tuple[str, int], ray.ObjectRef] = {}
 
     # -- what runs next -------------------------------------------------------------------
-    def next(self, idle: bool) -> tuple[Any, ...] | None:
+    def next(self, idle: bool, node: str | None = None) -> tuple[Any, ...] | None:
+        """The next item to run; ``node``: where it will run if known (pooled workers: actors
+        get no locality from Ray's scheduler), so a round or job whose kept chunks are there
+        goes first."""
         if self.rounds:
-            return ("stats", *self.rounds.popleft())
+            return ("stats", *_take(self.rounds, node, lambda tp: self._holder([tp])))
         if self.released:
-            return ("job", self.released.popleft())
+            return ("job", _take(self.released, node, self._job_holder))
         for t in self.to_open:  # in plan order; one that does not fit lets the next try
             need = sum(t.keep.values())
             if not need or need > self.keep_bytes:
@@ -499,10 +517,25 @@ class _Flow:
         self.rounds.extend((t, p) for p in t.chunks)
         return ("stats", *self.rounds.popleft())
 
+    def _holder(self, pairs: list[tuple[_Tensor, Piece]]) -> str | None:
+        """The node holding most of the kept bytes of these chunks, if any are kept."""
+        held: dict[str, int] = {}
+        for t, p in pairs:
+            node = t.where.get(p.chunk) if p.chunk in t.raw else None
+            if node is not None:
+                held[node] = held.get(node, 0) + t.keep.get(p.chunk, 0)
+        return max(held, key=lambda n: held[n]) if held else None
+
+    def _job_holder(self, job: Job) -> str | None:
+        return self._holder(
+            [(self.tensors[p.name], p) for p in job.pieces if p.name in self.tensors]
+        )
+
     def _drop(self, t: _Tensor, chunk: int) -> None:
         """Chunk ``chunk`` of ``t`` is no longer kept (merged, or its object failed a task)."""
         self.held -= t.keep.pop(chunk, 0)
         t.raw.pop(chunk, None)
+        t.where.pop(chunk, None)
 
     # -- submission and completion ----------------------------------------------------------
     def submit(self, item: tuple[Any, ...], attempt: int, opts: dict[str, Any]) -> ray.ObjectRef:
@@ -541,6 +574,8 @@ class _Flow:
         raw = self.raw_pending.pop((t.name, p.chunk), None)
         if raw is not None:
             t.raw[p.chunk] = raw
+            if res.get("node"):
+                t.where[p.chunk] = res["node"]
         self.stats_read += res["bytes_read"]
         self.stats_retries += res["storage_retries"]
         t.partials[p.chunk] = res["stats"]
@@ -563,6 +598,20 @@ class _Flow:
             t = self.tensors.get(p.name)
             if t is not None:
                 self._drop(t, p.chunk)
+
+
+TAKE_WINDOW = 64  # ready items searched for one whose kept chunks are on the free slot's node
+
+
+def _take(queue: deque, node: str | None, holder: Callable[[Any], str | None]) -> Any:
+    """The first of the first ``TAKE_WINDOW`` items of ``queue`` held on ``node``, else the
+    head; removed from the queue."""
+    if node is not None:
+        for k, item in enumerate(itertools.islice(queue, TAKE_WINDOW)):
+            if holder(item) == node:
+                del queue[k]
+                return item
+    return queue.popleft()
 
 
 def _lpt(j: Job) -> tuple[int, int, int]:

@@ -130,3 +130,43 @@ def test_local_inputs_keep_nothing_and_open_every_tensor_at_once(flow_of, tmp_pa
     jobs = [job(0, *a), job(1, *b)]
     flow = executor._Flow(jobs, jobs, ctx, NS(), (None, None), 100)
     assert [i[1].name for i in take(flow)] == ["a", "a", "b", "b"] and flow.held == 0
+
+
+def test_work_goes_first_to_where_its_kept_chunks_are(flow_of):
+    """Pooled workers get no locality from Ray's scheduler: when a slot on node B is free, the
+    flow hands out a round (then a merge job) whose kept chunks were read on B, if one is
+    ready; with no node known, or none there, the head of the queue."""
+    a = [piece("a", c, 3, 30) for c in range(3)]
+    jobs = [job(0, a[0]), job(1, a[1]), job(2, a[2])]
+    flow = flow_of(jobs, keep_bytes=1000)
+    first = take(flow)
+    assert [i[2].chunk for i in first] == [0, 1, 2]
+    refs = {}
+    for item, node in zip(first, ["node-a", "node-b", "node-a"]):
+        t, p = item[1], item[2]
+        refs[p.chunk] = flow.raw_pending[(t.name, p.chunk)] = f"ref{p.chunk}"
+        flow.stats_done(t, p, {"stats": {}, "bytes_read": 0, "storage_retries": 0, "node": node})
+    assert flow.tensors["a"].where == {0: "node-a", 1: "node-b", 2: "node-a"}
+    assert flow.next(False, "node-b")[2].chunk == 1  # round 2 of the chunk read on node-b
+    assert flow.next(False, "node-c")[2].chunk == 0  # nothing there: the head
+    assert flow.next(False, None)[2].chunk == 2
+    for c in (1, 0, 2):
+        flow.stats_done(flow.tensors["a"], a[c], {"stats": {}, "bytes_read": 0,
+                                                  "storage_retries": 0, "node": "x"})  # fmt: skip
+    assert flow.next(False, "node-b")[1].id == 1  # the merge job of chunk 1
+    assert flow.next(False, "node-b")[1].id == 0  # none left there
+    flow.job_done(jobs[0])
+    assert flow.tensors["a"].where == {1: "node-b", 2: "node-a"}
+
+
+def test_a_pool_learns_its_workers_nodes_from_their_results():
+    from collections import deque
+
+    pool = object.__new__(executor._Pool)
+    pool.actors, pool.nodes = ["w0", "w1"], [None, None]
+    pool.free, pool.busy = deque([1]), {"r0": (0, "w0")}
+    assert pool.free_node() is None
+    pool.release("r0", None, "node-a")
+    assert pool.nodes == ["node-a", None] and list(pool.free) == [1, 0]
+    pool.free.rotate(1)
+    assert pool.free_node() == "node-a"
