@@ -201,9 +201,6 @@ class _Worker:
     def stats(self, *args: Any) -> Any:
         return self._run(_stats_body, *args)
 
-    def ping(self) -> int:
-        return os.getpid()
-
 
 def pool_tag() -> str:
     """Name prefix of pooled workers: raymerge's code and the job's runtime environment (which
