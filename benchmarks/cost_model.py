@@ -8,7 +8,7 @@ time to expect.
 Steps:
 
 1. **Plan** a Llama-3-70B-shaped merge (hidden 8192, 80 layers, vocab 128256; 723 tensors,
-   ~141 GB of bf16 per model) with the real planner (``raymerge.runner.build_plan``, planner
+   ~141 GB of bf16 per model) with the real planner (``raymerge.pipeline.build_plan``, planner
    defaults, S3 output so parts >= 5 MiB) over fabricated checkpoints: real safetensors headers
    in sparse files in a temp dir, no data (as ``tests/test_plan.py`` does). Methods (``--methods``):
    ``linear`` (0.5/0.5 of two fine-tunes: reads 2 models) and ``ties`` (base + 2 fine-tunes,
@@ -118,7 +118,8 @@ class Rates:
 
 def fabricate_70b(folder: Path, n_shards: int = 30) -> int:
     """Sparse files with real headers: 723 tensors, ~141 GB per model, no data written."""
-    from raymerge.synth import fabricate_checkpoint, llama3_70b_config
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.fabricate
+    from tests.fabricate import fabricate_checkpoint, llama3_70b_config
 
     return fabricate_checkpoint(str(folder), llama3_70b_config(), n_shards)
 
@@ -134,8 +135,8 @@ def plan_pieces(plan: Any) -> list[PieceRec]:
 def plan_70b(methods: list[str], density: float) -> dict[str, dict[str, Any]]:
     """Plan each method over fabricated 70B checkpoints; pieces and plan numbers per method."""
     from raymerge.config import load_config
-    from raymerge.plan import MIN_PART_BYTES
-    from raymerge.runner import RunOptions, build_plan
+    from raymerge.options import MIN_PART_BYTES, RunOptions
+    from raymerge.pipeline import build_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="raymerge-70b-"))
     try:
@@ -381,9 +382,9 @@ def calibrate(
     import ray
 
     from raymerge.config import load_config
-    from raymerge.executor import ExecOptions
     from raymerge.manifest import read_manifest
-    from raymerge.runner import RunOptions, run_merge
+    from raymerge.options import ExecOptions, RunOptions
+    from raymerge.pipeline import run_merge
     from raymerge.storage import resolve
 
     scale = SCALES[args.calib_scale]

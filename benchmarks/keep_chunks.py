@@ -37,7 +37,7 @@ from _common import SCALES, LocalS3, build_family, merge_config
 from scaling import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from raymerge.cli import parse_size  # noqa: E402 - the repository root is on the path now
+from raymerge.options import parse_size  # noqa: E402 - the repository root is on the path now
 from tests.faultproxy import FaultProxy  # noqa: E402
 
 BUCKET = "raymerge-keep"
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from raymerge.config import MergeConfig
-    from raymerge.executor import ExecOptions
-    from raymerge.runner import RunOptions
+    from raymerge.options import ExecOptions, RunOptions
 
     scale = SCALES[args.scale]
     workdir = Path(args.workdir)

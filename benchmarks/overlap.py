@@ -48,8 +48,7 @@ MODES = {"1 job/CPU": {"jobs_per_cpu": 1}, "2 jobs/CPU": {}, "pooled": {"keep_wo
 
 
 def options(scale: dict[str, Any], mode: dict[str, Any]) -> Any:
-    from raymerge.executor import ExecOptions
-    from raymerge.runner import RunOptions
+    from raymerge.options import ExecOptions, RunOptions
 
     kw = {k: scale[k] for k in ("job_bytes", "shard_size") if scale[k]}
     return RunOptions(overwrite=True, execution=ExecOptions(progress=False, **mode), **kw)

@@ -74,8 +74,7 @@ BUCKET = "raymerge-scaling"
 
 
 def run_options(scale: dict[str, Any], in_flight: int | None, args: argparse.Namespace) -> Any:
-    from raymerge.executor import ExecOptions
-    from raymerge.runner import RunOptions
+    from raymerge.options import ExecOptions, RunOptions
 
     kw: dict[str, Any] = {}
     job_bytes = args.job_bytes or scale["job_bytes"]
@@ -99,7 +98,7 @@ def measure(
     repeats: int,
 ) -> dict[str, Any]:
     """One warm-up, then ``repeats`` timed runs; the median and the median run's breakdown."""
-    from raymerge.runner import run_merge
+    from raymerge.pipeline import run_merge
 
     runs = []
     for k in range(repeats + 1):

@@ -371,8 +371,9 @@ def repeat(
 INPROC = """
 import json, os, shutil, sys, time
 from raymerge.config import load_config
-from raymerge.executor import ExecOptions
-from raymerge.runner import RunOptions, run_merge
+from raymerge.options import ExecOptions
+from raymerge.options import RunOptions
+from raymerge.pipeline import run_merge
 cfg_path, out, address, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = load_config(cfg_path)
 opts = RunOptions(overwrite=True, execution=ExecOptions(address=address, progress=False))

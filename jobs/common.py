@@ -13,12 +13,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from raymerge import cli
-from raymerge.config import MergeConfig, load_config
+from raymerge import SUCCESS, RunOptions, load_config, redact, resolve, run_merge, verify_output
+from raymerge.config import MergeConfig
 from raymerge.errors import ConfigError, RaymergeError, VerifyError
-from raymerge.runner import SUCCESS, RunOptions, run_merge
-from raymerge.storage import redact_url, resolve
-from raymerge.verify import verify_output
+from raymerge.options import add_run_arguments, options_from
+from raymerge.summary import print_summary
 
 
 class JobFailed(Exception):
@@ -36,9 +35,9 @@ def parse_run_args(argv: list[str], prog: str) -> argparse.Namespace:
     Inside a Ray job, RAY_ADDRESS names the job's cluster; it becomes ``--address`` unless one
     was given.
     """
-    parser = cli.build_parser()
-    parser.prog = prog
-    args = parser.parse_args(["run", *argv])
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
     if not args.address and os.environ.get("RAY_ADDRESS"):
         args.address = os.environ["RAY_ADDRESS"]
     return args
@@ -56,7 +55,7 @@ def load_job_config(args: argparse.Namespace) -> MergeConfig:
             with fsspec.open(args.config, "rt") as f:
                 raw = yaml.safe_load(f)
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([f"cannot read: {exc}"], redact_url(args.config)) from None
+            raise ConfigError([f"cannot read: {exc}"], redact(args.config)) from None
         cfg = load_config(raw)
     if args.random_seed is not None:
         cfg = cfg.model_copy(update={"random_seed": args.random_seed})
@@ -65,7 +64,7 @@ def load_job_config(args: argparse.Namespace) -> MergeConfig:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The same RunOptions ``raymerge run`` builds from these arguments."""
-    return cli.run_options(args)
+    return options_from(args)
 
 
 def merge_and_verify(
@@ -73,20 +72,20 @@ def merge_and_verify(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge, then check ``_SUCCESS`` and verify every byte against the manifest."""
     where = opts.execution.address or "a local Ray"
-    say(prog, f"merging into {redact_url(out_url)} on {where}")
+    say(prog, f"merging into {redact(out_url)} on {where}")
     summary = run_merge(cfg, out_url, opts)
     if as_json:
         print(json.dumps(summary, indent=2), flush=True)
     else:
         done = "already complete" if summary.get("already_complete") else "merged"
-        say(prog, f"{done}: {redact_url(out_url)}")
+        say(prog, f"{done}: {redact(out_url)}")
         if "tensors" in summary:
-            cli.print_summary(summary)
+            print_summary(summary)
         sys.stdout.flush()
     out = resolve(out_url, cfg.storage_options)
     if not out.fs.exists(out.child(SUCCESS).path):
-        raise JobFailed(f"{redact_url(out_url)}: the merge returned but wrote no {SUCCESS}")
-    say(prog, f"verifying {redact_url(out_url)} against its manifest")
+        raise JobFailed(f"{redact(out_url)}: the merge returned but wrote no {SUCCESS}")
+    say(prog, f"verifying {redact(out_url)} against its manifest")
     try:
         report = verify_output(out)
     except VerifyError as exc:

@@ -56,8 +56,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
 
 
 def nightly(ns: argparse.Namespace, args: argparse.Namespace, now=None) -> int:
-    from raymerge.runner import load_inputs
-    from raymerge.storage import redact_url, resolve
+    from raymerge import load_inputs, redact, resolve
 
     cfg = load_job_config(args)
     opts = run_options(args)
@@ -102,7 +101,7 @@ def nightly(ns: argparse.Namespace, args: argparse.Namespace, now=None) -> int:
         },
     )
     runs.write_latest(root, run)
-    say(PROG, f"LATEST -> {run} ({redact_url(out_url)})")
+    say(PROG, f"LATEST -> {run} ({redact(out_url)})")
     for gone in runs.prune(root, ns.keep, run):
         say(PROG, f"deleted old run {gone}")
     return 0

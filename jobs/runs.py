@@ -20,9 +20,9 @@ import re
 from typing import Any
 
 from raymerge.config import MergeConfig
+from raymerge.io.files import write_small
 from raymerge.io.reader import ModelLayout
-from raymerge.io.writer import write_small
-from raymerge.runner import SUCCESS
+from raymerge.output import SUCCESS
 from raymerge.storage import Location
 
 LATEST = "LATEST"

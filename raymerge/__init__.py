@@ -1,18 +1,48 @@
 """raymerge: model merging for very large checkpoints, run as a distributed pipeline on Ray.
 
-The package is split so that the architecture shows:
+The public API (imported lazily, so ``import raymerge`` stays cheap and loads no Ray):
 
-- ``config``   strict mergekit-compatible configuration (pydantic)
-- ``storage``  model references / output URLs -> fsspec filesystems
-- ``io``       safetensors header parsing, byte-range reads, shard layout and sinks
-- ``plan``     pure, header-only planning of per-tensor jobs and output shards
-- ``methods``  pure merge kernels behind one explicit registry
-- ``executor`` the only module that schedules work with Ray
-- ``manifest`` the Parquet manifest that makes runs verifiable and resumable
+- :func:`load_config` -> :class:`~raymerge.config.MergeConfig` (every problem at once);
+- :class:`RunOptions` / :class:`ExecOptions` (every option and default, :mod:`raymerge.options`);
+- :func:`build_plan` (headers only) and :func:`run_merge` (the whole pipeline);
+- :func:`verify_output` (an output against its manifest), :func:`resolve` (URL -> Location);
+- :class:`RaymergeError` (exit code 2: the user's input), :func:`redact`.
+
+The layout: ``config``/``params``/``options`` (what to do), ``io/`` (headers, range reads,
+sinks), ``plan/`` (pure planning), ``methods/`` (pure kernels), ``worker`` (one job, no Ray),
+``execution/`` (the only Ray code), ``pipeline`` / ``output`` / ``commit`` (a run end to end),
+``manifest`` / ``ledger`` / ``verify``, ``zipit/``, ``cli/``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from raymerge.errors import RaymergeError
+from raymerge.errors import RaymergeError  # noqa: E402
 
-__all__ = ["RaymergeError", "__version__"]
+_API = {
+    "load_config": "raymerge.config",
+    "MergeConfig": "raymerge.config",
+    "RunOptions": "raymerge.options",
+    "ExecOptions": "raymerge.options",
+    "build_plan": "raymerge.pipeline",
+    "load_inputs": "raymerge.pipeline",
+    "run_merge": "raymerge.pipeline",
+    "RunHooks": "raymerge.pipeline",
+    "verify_output": "raymerge.verify",
+    "resolve": "raymerge.storage",
+    "redact": "raymerge.redaction",
+    "SUCCESS": "raymerge.output",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'raymerge' has no attribute {name!r}")
+
+
+__all__ = ["RaymergeError", "__version__", *_API]

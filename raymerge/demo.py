@@ -14,10 +14,12 @@ import socket
 
 import yaml
 
-from raymerge.cli import print_summary
 from raymerge.config import load_config
-from raymerge.runner import RunOptions, run_merge
+from raymerge.errors import OutputError
+from raymerge.options import RunOptions
+from raymerge.pipeline import run_merge
 from raymerge.storage import resolve
+from raymerge.summary import print_summary
 from raymerge.synth import llama_config, make_family
 from raymerge.verify import verify_output
 
@@ -45,28 +47,27 @@ def start_s3() -> tuple[object, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def run_demo(workdir: str, *, s3: bool = False, method: str = "task_arithmetic") -> int:
-    workdir = os.path.abspath(workdir)
-    shutil.rmtree(workdir, ignore_errors=True)
-    cfg_model = llama_config(
-        hidden=256, intermediate=688, layers=4, vocab=2048, heads=8, kv_heads=4
-    )
-    base, ft1, ft2 = make_family(os.path.join(workdir, "models"), 2, cfg=cfg_model, n_shards=2)
-    server = None
-    storage_options: dict = {}
-    out = os.path.join(workdir, "merged")
-    refs = [base, ft1, ft2]
-    if s3:
-        server, endpoint = start_s3()
-        opts = {"endpoint_url": endpoint, "key": "demo-access-key", "secret": "demo-secret-key"}
-        storage_options = {f"s3://{DEMO_BUCKET}": opts}
-        fs = resolve(f"s3://{DEMO_BUCKET}", storage_options).fs
-        fs.mkdir(DEMO_BUCKET)
-        for p in refs:
-            fs.put(p, f"{DEMO_BUCKET}/models/{os.path.basename(p)}", recursive=True)
-        refs = [f"s3://{DEMO_BUCKET}/models/{os.path.basename(p)}" for p in refs]
-        out = f"s3://{DEMO_BUCKET}/merged"
-        print(f"demo: local S3 endpoint {endpoint}, models uploaded to s3://{DEMO_BUCKET}/models/")
+MARKER = ".raymerge-demo"
+
+
+def _fresh_workdir(workdir: str) -> None:
+    """An empty ``workdir``: created, or emptied when it holds an earlier demo (its marker
+    file); any other non-empty folder is refused, never wiped."""
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        if not os.path.exists(os.path.join(workdir, MARKER)):
+            raise OutputError(
+                f"{workdir}: is not empty and holds no earlier raymerge demo; the demo would "
+                "replace its contents. Choose an empty or new folder with --workdir"
+            )
+        shutil.rmtree(workdir)
+    elif os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise OutputError(f"{workdir}: exists and is not a folder; choose another --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, MARKER), "w") as f:
+        f.write("made by `raymerge demo`; the next demo run may replace this folder\n")
+
+
+def _config(method: str, refs: list[str], storage_options: dict | None = None) -> dict:
     config = {
         "merge_method": method,
         "models": [
@@ -80,24 +81,73 @@ def run_demo(workdir: str, *, s3: bool = False, method: str = "task_arithmetic")
         config["parameters"] = {"lambda": 1.0}
     if storage_options:
         config["storage_options"] = storage_options
-    path = os.path.join(workdir, "merge.yaml")
+    return config
+
+
+def _write_yaml(path: str, config: dict) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
-    print(f"demo: wrote {path}; merging on a local Ray cluster ...")
+    return path
+
+
+def _merge_through_s3(workdir: str, refs: list[str], method: str, out: str) -> None:
+    """Upload the family to a local S3 endpoint, merge s3 -> s3, verify, and copy the merged
+    model back to ``out`` (the endpoint is gone when the demo exits)."""
+    server, endpoint = start_s3()
     try:
-        cfg = load_config(path)
-        summary = run_merge(cfg, out, RunOptions(overwrite=True))
+        opts = {"endpoint_url": endpoint, "key": "demo-access-key", "secret": "demo-secret-key"}
+        storage_options = {f"s3://{DEMO_BUCKET}": opts}
+        fs = resolve(f"s3://{DEMO_BUCKET}", storage_options).fs
+        fs.mkdir(DEMO_BUCKET)
+        for p in refs:
+            fs.put(p, f"{DEMO_BUCKET}/models/{os.path.basename(p)}", recursive=True)
+        s3_refs = [f"s3://{DEMO_BUCKET}/models/{os.path.basename(p)}" for p in refs]
+        print(f"demo: local S3 endpoint {endpoint}, models uploaded to s3://{DEMO_BUCKET}/models/")
+        cfg = load_config(_config(method, s3_refs, storage_options))
+        s3_out = f"s3://{DEMO_BUCKET}/merged"
+        print("demo: merging s3 -> s3 on a local Ray cluster ...")
+        summary = run_merge(cfg, s3_out, RunOptions())
+        print(f"demo: merged into {s3_out}")
+        print_summary(summary)
+        report = verify_output(resolve(s3_out, storage_options))
+        print(f"demo: verify OK on S3: {report['pieces']} tensors checked against the manifest")
+        fs.get(f"{DEMO_BUCKET}/merged", out, recursive=True)
+        print(f"demo: copied the merged model to {out}")
+    finally:
+        server.stop()
+
+
+def run_demo(workdir: str, *, s3: bool = False, method: str = "task_arithmetic") -> int:
+    """Generate a tiny family in ``workdir``, merge it (through a local S3 endpoint with
+    ``s3``), verify the output and load it back; leave the models, a working ``merge.yaml``
+    and the merged model on local disk."""
+    workdir = os.path.abspath(workdir)
+    _fresh_workdir(workdir)
+    cfg_model = llama_config(
+        hidden=256, intermediate=688, layers=4, vocab=2048, heads=8, kv_heads=4
+    )
+    refs = make_family(os.path.join(workdir, "models"), 2, cfg=cfg_model, n_shards=2)
+    out = os.path.join(workdir, "merged")
+    path = _write_yaml(os.path.join(workdir, "merge.yaml"), _config(method, refs))
+    print(f"demo: wrote {path}")
+    if s3:
+        _merge_through_s3(workdir, refs, method, out)
+    else:
+        print("demo: merging on a local Ray cluster ...")
+        summary = run_merge(load_config(path), out, RunOptions())
         print(f"demo: merged into {out}")
         print_summary(summary)
-        report = verify_output(resolve(out, storage_options))
-        print(f"demo: verify OK: {report['pieces']} tensors checked against the manifest")
-    finally:
-        if server is not None:
-            server.stop()
-    if not s3:
-        from safetensors import safe_open
+    report = verify_output(resolve(out))
+    print(f"demo: verify OK: {report['pieces']} tensors in {out} match the manifest")
+    from safetensors import safe_open
 
-        first = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))[0]
-        with safe_open(os.path.join(out, first), "pt") as f:
-            print(f"demo: {first} loads with safetensors ({len(list(f.keys()))} tensors)")
+    first = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))[0]
+    with safe_open(os.path.join(out, first), "pt") as f:
+        print(f"demo: {first} loads with safetensors ({len(list(f.keys()))} tensors)")
+    rel = os.path.relpath(workdir)
+    again = f"{rel}/merged-again" if s3 else f"{rel}/merged"
+    print("demo: next, try:")
+    print(f"  raymerge plan {rel}/merge.yaml          # what a run does, from headers only")
+    print(f"  raymerge verify {rel}/merged            # re-check every byte")
+    print(f"  raymerge run {rel}/merge.yaml {again}   # merge again from the local models")
     return 0

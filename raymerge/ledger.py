@@ -16,8 +16,10 @@ import json
 import time
 from typing import Any
 
-from raymerge.io.writer import write_json
-from raymerge.plan import Plan
+from raymerge.io.files import write_json
+from raymerge.io.sinks.base import ByteRange, checksum
+from raymerge.plan import Job, Plan
+from raymerge.results import JobResult
 from raymerge.storage import Location
 
 LEDGER_DIR = ".raymerge/ledger"
@@ -44,24 +46,24 @@ class Ledger:
     def _dir(self) -> Location:
         return self.out.child(LEDGER_DIR)
 
-    def load(self) -> dict[int, dict[str, Any]]:
+    def load(self) -> dict[int, JobResult]:
         """Recorded results of this job layout, by job id (later records win)."""
         fs, d = self.out.fs, self._dir()
         if not fs.exists(d.path):
             return {}
         names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(d.path, detail=False))
-        records: dict[int, dict[str, Any]] = {}
+        records: dict[int, JobResult] = {}
         for name in names:
             if not name.startswith(self.key + "-") or not name.endswith(".json"):
                 continue
             self.seq = max(self.seq, int(name[len(self.key) + 1 : -5]) + 1)
             for rec in json.loads(fs.cat_file(d.child(name).path)):
-                records[int(rec["job"])] = rec
+                records[int(rec["job"])] = JobResult.from_record(rec)
         return records
 
-    def record(self, result: dict[str, Any]) -> None:
-        self.pending.append(result)
-        self.recorded.append(int(result["job"]))
+    def record(self, result: JobResult) -> None:
+        self.pending.append(result.as_record())
+        self.recorded.append(result.job)
         if time.monotonic() - self.last >= self.interval:
             self.flush()
 
@@ -76,3 +78,29 @@ class Ledger:
         fs, d = self.out.fs, self._dir()
         if fs.exists(d.path):
             fs.rm(d.path, recursive=True)
+
+
+def job_matches(job: Job, data: memoryview, rec: JobResult, header_len: int) -> bool:
+    """Do ``data`` (the job's staged byte range) match the checksums recorded for it?"""
+    if len(data) != job.nbytes or len(rec.checksums) != len(job.pieces):
+        return False
+    if job.part == 1 and checksum(data[:header_len]) != rec.header_checksum:
+        return False
+    return all(
+        checksum(data[p.out_start - job.out_start : p.out_end - job.out_start]) == c
+        for p, c in zip(job.pieces, rec.checksums)
+    )
+
+
+def kept_jobs(sink, jobs: list[Job], records: dict[int, JobResult], headers: list[int]) -> set[int]:
+    """The recorded jobs whose bytes the sink still holds as recorded (a resumed run keeps
+    them)."""
+    by_id = {j.id: j for j in jobs}
+    recorded: dict[int, tuple[ByteRange, Any]] = {
+        jid: (by_id[jid].byte_range, rec.receipt) for jid, rec in records.items() if jid in by_id
+    }
+
+    def matches(r: ByteRange, data: memoryview) -> bool:
+        return job_matches(by_id[r.key], data, records[r.key], headers[r.shard])
+
+    return sink.kept(recorded, matches)

@@ -10,13 +10,16 @@ config hash, run id, the (redacted) config and the run summary.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymerge.plan import Plan
-from raymerge.storage import Location, redact_url
+from raymerge.redaction import redact
+from raymerge.results import JobResult
+from raymerge.storage import Location
 
 MANIFEST = "manifest.parquet"
 CHECKSUM_ALGO = "xxh64"
@@ -59,14 +62,12 @@ SCHEMA = pa.schema(
 )
 
 
-def build_table(
-    plan: Plan, results: dict[int, dict[str, Any]], metadata: dict[str, Any]
-) -> pa.Table:
+def build_table(plan: Plan, results: Mapping[int, JobResult], metadata: dict[str, Any]) -> pa.Table:
     cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
-    refs = [redact_url(r) for r in plan.inputs]
+    refs = [redact(r) for r in plan.inputs]
     for job in plan.jobs:
         res = results[job.id]
-        for p, check in zip(job.pieces, res["checksums"]):
+        for p, check in zip(job.pieces, res.checksums):
             row = {
                 "name": p.name,
                 "chunk": p.chunk,
@@ -80,7 +81,7 @@ def build_table(
                 "out_end": p.out_end,
                 "checksum": check,
                 "method": plan.method,
-                "params": p.params,
+                "params": p.params.as_json(),
                 "sources": [
                     {
                         "model": refs[s.input],
@@ -92,14 +93,14 @@ def build_table(
                     }
                     for s in p.sources
                 ],
-                "status": "reused" if res.get("reused") else "done",
+                "status": "reused" if res.reused else "done",
                 "job": job.id,
-                "attempt": res["attempt"],
-                "node": res.get("node", ""),
-                "pid": res.get("pid"),
-                "read_s": res["read_s"],
-                "compute_s": res["compute_s"],
-                "write_s": res["write_s"],
+                "attempt": res.attempt,
+                "node": res.node,
+                "pid": res.pid,
+                "read_s": res.read_s,
+                "compute_s": res.compute_s,
+                "write_s": res.write_s,
             }
             for k, v in row.items():
                 cols[k].append(v)
@@ -108,7 +109,7 @@ def build_table(
 
 
 def write_manifest(out: Location, table: pa.Table) -> None:
-    from raymerge.io.writer import write_small
+    from raymerge.io.files import write_small
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")

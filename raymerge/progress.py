@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 
 from raymerge.plan import Job
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+from raymerge.results import JobResult
+from raymerge.summary import fmt_bytes
 
 
 class Progress:
@@ -48,13 +42,13 @@ class Progress:
             else None
         )
 
-    def update(self, job: Job, result: dict[str, Any]) -> None:
+    def update(self, job: Job, result: JobResult) -> None:
         self.pieces += len(job.pieces)
-        self.read += result["bytes_read"]
-        self.written += result["bytes_written"]
-        self.retries += result["attempt"] - 1
+        self.read += result.bytes_read
+        self.written += result.bytes_written
+        self.retries += result.attempt - 1
         if self.bar is not None:
-            self.bar.update(result["bytes_written"])
+            self.bar.update(result.bytes_written)
             self.bar.set_postfix(
                 tensors=f"{self.pieces}/{self.total_tensors}", retries=self.retries
             )

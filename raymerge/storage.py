@@ -14,7 +14,7 @@ global: callers pass the options in.
 
 fsspec filesystems pickle by their constructor arguments, so a :class:`Location` can be shipped to
 Ray workers, which re-create the filesystem on their side. Credentials may therefore travel inside
-task arguments, but they are never printed: use :func:`redact` on anything user-visible.
+task arguments, but they are never printed (:func:`raymerge.redaction.redact`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from raymerge.errors import InputError
+from raymerge.redaction import redact
 
-_SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|session|key$|^key)", re.I)
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-_URL_USERINFO = re.compile(r"(://)([^/@:]+):([^/@]+)@")
 
 
 @dataclass(frozen=True)
@@ -99,29 +98,8 @@ def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = 
 
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as exc:
-        raise InputError(
-            f"{redact_url(url)}: cannot open this URL: {redact_url(str(exc))}"
-        ) from None
+        raise InputError(f"{redact(url)}: cannot open this URL: {redact(str(exc))}") from None
     return Location(fs, path.rstrip("/") or path, url.rstrip("/") or url)
-
-
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` with every secret-looking mapping value replaced by ``"***"``."""
-    if isinstance(obj, Mapping):
-        return {
-            k: ("***" if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(redact(v) for v in obj)
-    if isinstance(obj, str):
-        return redact_url(obj)
-    return obj
-
-
-def redact_url(url: str) -> str:
-    """Hide ``user:password@`` parts of a URL."""
-    return _URL_USERINFO.sub(r"\1***:***@", url)
 
 
 # the counter of the innermost counting_retries() scope of the current context. fsspec runs

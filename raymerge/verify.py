@@ -14,17 +14,19 @@ from collections import defaultdict
 from typing import Any
 
 from raymerge.errors import InputError, VerifyError
+from raymerge.io.ranges import fetch
 from raymerge.io.reader import INDEX_FILE, read_headers
-from raymerge.io.writer import checksum
-from raymerge.job import fetch
+from raymerge.io.sinks.base import checksum
 from raymerge.manifest import MANIFEST, read_manifest
-from raymerge.runner import SUCCESS
+from raymerge.output import SUCCESS
 from raymerge.storage import Location
 
 BATCH_BYTES = 256 << 20
 
 
 def verify_output(out: Location) -> dict[str, Any]:
+    """Check a finished output against its manifest; raise :class:`VerifyError` at the first
+    mismatch. Returns what was checked (pieces, bytes, shards, config hash)."""
     fs = out.fs
     if not fs.exists(out.child(SUCCESS).path):
         raise VerifyError(f"{out.url}: no {SUCCESS} marker: the run did not finish")
@@ -32,14 +34,34 @@ def verify_output(out: Location) -> dict[str, Any]:
         raise VerifyError(f"{out.url}: {MANIFEST} is missing")
     table, meta = read_manifest(out)
     rows = table.to_pylist()
-    index = json.loads(fs.cat_file(out.child(INDEX_FILE).path))
+    _check_index(out, rows)
+    shards = {s["name"]: s for s in meta.get("shards", [])}
+    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_shard[r["shard"]].append(r)
+    _check_headers(out, shards, by_shard)
+    checked, nbytes = _check_bytes(out, by_shard)
+    return {
+        "pieces": checked,
+        "bytes": nbytes,
+        "shards": len(shards),
+        "config_hash": meta.get("config_hash"),
+    }
+
+
+def _check_index(out: Location, rows: list[dict[str, Any]]) -> None:
+    index = json.loads(out.fs.cat_file(out.child(INDEX_FILE).path))
     want_map = {r["name"]: r["shard"] for r in rows}
     got_map = index.get("weight_map", {})
     if got_map != want_map:
         bad = sorted(set(got_map.items()) ^ set(want_map.items()))[:5]
         raise VerifyError(f"{out.url}/{INDEX_FILE}: weight_map differs from the manifest: {bad}")
 
-    shards = {s["name"]: s for s in meta.get("shards", [])}
+
+def _check_headers(out: Location, shards: dict[str, Any], by_shard: dict[str, list]) -> None:
+    """Every shard exists with its size; its header parses, hashes as recorded, and places every
+    tensor where the manifest says."""
+    fs = out.fs
     missing = [name for name in shards if not fs.exists(out.child(name).path)]
     if missing:
         raise VerifyError(f"{out.url}: shard(s) {missing} listed in the manifest are missing")
@@ -51,9 +73,6 @@ def verify_output(out: Location) -> dict[str, Any]:
         headers = read_headers(out, list(shards), sizes)
     except InputError as exc:
         raise VerifyError(str(exc)) from None
-    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_shard[r["shard"]].append(r)
     for name, h in headers.items():
         raw = fetch(out, [(name, 0, h.data_start)])[0]
         if checksum(raw) != shards[name]["header_checksum"]:
@@ -76,18 +95,27 @@ def verify_output(out: Location) -> dict[str, Any]:
         if set(entries) != {r["name"] for r in by_shard[name]}:
             raise VerifyError(f"{out.url}/{name}: header holds tensors the manifest does not list")
 
-    checked = 0
-    nbytes = 0
+
+def _batches(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive rows in ranges of at most ``BATCH_BYTES`` (one row may be larger)."""
+    out: list[list[dict[str, Any]]] = []
+    size = 0
+    for r in sorted(rows, key=lambda r: r["out_start"]):
+        n = r["out_end"] - r["out_start"]
+        if out and size + n <= BATCH_BYTES:
+            out[-1].append(r)
+            size += n
+        else:
+            out.append([r])
+            size = n
+    return out
+
+
+def _check_bytes(out: Location, by_shard: dict[str, list]) -> tuple[int, int]:
+    """Every tensor/chunk byte range hashes to its recorded checksum, read in bounded ranges."""
+    checked = nbytes = 0
     for name, shard_rows in by_shard.items():
-        batch: list[dict[str, Any]] = []
-        size = 0
-        for r in sorted(shard_rows, key=lambda r: r["out_start"]) + [None]:
-            if r is not None and (size + r["out_end"] - r["out_start"] <= BATCH_BYTES or not batch):
-                batch.append(r)
-                size += r["out_end"] - r["out_start"]
-                continue
-            if not batch:
-                continue
+        for batch in _batches(shard_rows):
             lo = batch[0]["out_start"]
             block = memoryview(fetch(out, [(name, lo, batch[-1]["out_end"])])[0])
             for b in batch:
@@ -99,10 +127,4 @@ def verify_output(out: Location) -> dict[str, Any]:
                     )
                 checked += 1
                 nbytes += len(data)
-            batch, size = ([r], r["out_end"] - r["out_start"]) if r is not None else ([], 0)
-    return {
-        "pieces": checked,
-        "bytes": nbytes,
-        "shards": len(shards),
-        "config_hash": meta.get("config_hash"),
-    }
+    return checked, nbytes

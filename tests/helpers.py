@@ -9,8 +9,9 @@ import os
 import torch
 from safetensors.torch import load_file
 
-from raymerge.config import MergeConfig, layer_position, resolve_parameters
+from raymerge.config import MergeConfig
 from raymerge.methods import merge_whole
+from raymerge.params import layer_position, resolve_parameters
 from raymerge.plan import num_layers
 
 
@@ -33,7 +34,8 @@ def reference_merge(
     method = cfg.method
     out = {}
     for name, t in first.items():
-        wide, per = resolve_parameters(cfg, name, layer_position(name, L))
+        params = resolve_parameters(cfg, name, layer_position(name, L))
+        wide, per = dict(params.method), list(params.models)
         base = models[cfg.base_model][name].float() if method.base == "required" else None
         xs = [models[m.model][name].float() for m in cfg.merged_models()]
         merged = merge_whole(

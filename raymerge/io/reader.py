@@ -1,10 +1,8 @@
-"""Reading checkpoints through fsspec with range requests only.
+"""Reading a model folder's structure through fsspec, with small range reads only.
 
-Driver side: :func:`read_model` lists a model folder once, reads each shard's header with one or
-two small range reads, validates it (:mod:`raymerge.io.header`) and cross-checks
-``model.safetensors.index.json``. Worker side: :func:`read_ranges` fetches exactly the byte ranges
-a job needs (concurrently on async filesystems such as s3fs) and :func:`decode` turns them into
-tensors without an extra copy.
+:func:`read_model` lists a model folder once, reads each shard's header with one or two small
+range reads, validates it (:mod:`raymerge.io.header`) and cross-checks
+``model.safetensors.index.json``. Tensor data is read by the workers (:mod:`raymerge.io.ranges`).
 
 Pickle checkpoints (``.bin``/``.pt``/...) are never opened: unpickling runs arbitrary code.
 """
@@ -13,28 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from fsspec.asyn import AsyncFileSystem
-
-if TYPE_CHECKING:
-    import torch
-else:
-    from raymerge._lazy import torch
+from typing import Any
 
 from raymerge.errors import InputError
 from raymerge.io.header import (
-    DTYPES,
     HeaderError,
     ShardHeader,
-    TensorEntry,
     TensorSource,
     header_length,
     parse_header,
 )
-from raymerge.storage import Location, redact_url
+from raymerge.redaction import redact
+from raymerge.storage import Location
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -53,7 +42,6 @@ SIDE_FILES = (
     "chat_template.jinja",
 )
 HEADER_PROBE_BYTES = 1 << 16
-READ_CONCURRENCY = 16
 _SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 MAX_INDEX_BYTES = 200_000_000
 
@@ -72,7 +60,7 @@ class ModelLayout:
 
     def fingerprint(self) -> dict[str, Any]:
         """Input identity for the model card and nightly jobs: sizes and ETags/mtimes of shards."""
-        return {"model": redact_url(self.ref), "files": self.files}
+        return {"model": redact(self.ref), "files": self.files}
 
 
 def _listing(loc: Location) -> dict[str, dict[str, Any]]:
@@ -255,32 +243,4 @@ def _cat_ranges(loc: Location, paths: list[str], starts: list[int], ends: list[i
     return list(got)
 
 
-def read_ranges(fs: Any, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
-    """Fetch byte ranges: async filesystems (s3fs, gcsfs, ...) run at most ``READ_CONCURRENCY``
-    ranged GETs at once per worker (fsspec's default would launch thousands); others serially."""
-    if not paths:
-        return []
-    if isinstance(fs, AsyncFileSystem):
-        got = fs.cat_ranges(paths, starts, ends, batch_size=READ_CONCURRENCY)
-    else:
-        got = fs.cat_ranges(paths, starts, ends)
-    for p, s, e, g in zip(paths, starts, ends, got):
-        if isinstance(g, Exception):
-            raise g
-        if len(g) != e - s:
-            raise OSError(f"{p}: short read of range [{s}, {e}): got {len(g)} bytes")
-    return list(got)
-
-
-def decode(buf: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Bytes -> tensor without copying. The tensor aliases ``buf``: treat it as read-only."""
-    tdtype = DTYPES[dtype][0]
-    if len(buf) == 0:
-        return torch.empty(shape, dtype=tdtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # frombuffer warns that bytes are not writable
-        flat = torch.frombuffer(buf, dtype=torch.uint8)
-    return flat.view(tdtype).reshape(shape)
-
-
-__all__ = ["ModelLayout", "TensorEntry", "TensorSource", "decode", "read_model", "read_ranges"]
+__all__ = ["INDEX_FILE", "SIDE_FILES", "ModelLayout", "TensorSource", "read_headers", "read_model"]

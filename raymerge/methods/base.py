@@ -19,7 +19,6 @@ declare what they need so that the chunked result equals the unchunked one bit f
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ Scope = Literal["model", "global"]
 Stats = dict[str, "torch.Tensor"]
 FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
 MAX_ROW_UNIT = 1 << 24
-RNG_BLOCK = 1 << 20  # random streams are generated in globally aligned blocks of this size
 
 
 @dataclass(frozen=True)
@@ -155,50 +153,35 @@ def combine(partials: Sequence[Stats]) -> Stats:
     return out
 
 
-def _rng_block(info: PieceInfo, stream: int, block: int) -> torch.Tensor:
-    """Uniform [0, 1) numbers of global block ``block`` of the tensor's element stream."""
-    key = f"{info.seed}\0{info.name}\0{stream}\0{block}".encode()
-    seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-    g = torch.Generator().manual_seed(seed)
-    b0 = block * RNG_BLOCK
-    return torch.rand(min(b0 + RNG_BLOCK, info.numel) - b0, generator=g)
+Inputs = Literal["math", "raw"]
 
 
-class UniformStream:
-    """Uniform [0, 1) numbers for the piece's elements, from a stream keyed by (seed, tensor
-    name, ``stream``, global block of ``RNG_BLOCK`` elements). The same element gets the same
-    number however the tensor is chunked or blocked, on any worker, in any attempt.
+@dataclass(frozen=True)
+class Kernel:
+    """A method's merge function and how the block engine calls it.
 
-    Numbers are made on demand for element ranges of the piece (:meth:`take`), one RNG block at a
-    time; the last block is kept, so walking a piece in increasing ranges generates every block
-    once and never holds a piece-sized buffer."""
+    ``fn(base, tensors, model_params, params, *, info, stats)`` returns the merged block in the
+    math dtype (``inputs="math"``: blocks arrive converted). With ``inputs="raw"`` blocks arrive
+    in their storage dtype with the keywords ``math_dtype`` and ``out`` (the block's slice of the
+    output, any dtype), and ``fn`` converts and writes a cache-sized step at a time. Methods that
+    use statistics computed before the jobs (ZipIt's matchings, :attr:`MergeMethod.external`)
+    also get the keyword ``external``.
+    """
 
-    def __init__(self, info: PieceInfo, stream: int, device: torch.device | str = "cpu") -> None:
-        self.info, self.stream, self.device = info, stream, device
-        self.block, self.vals = -1, None
-
-    def _block(self, block: int) -> torch.Tensor:
-        if block != self.block:
-            self.block, self.vals = block, _rng_block(self.info, self.stream, block)
-        return self.vals
-
-    def take(self, start: int, end: int) -> torch.Tensor:
-        """The numbers of piece elements [start, end)."""
-        lo, hi = self.info.elem_start + start, self.info.elem_start + end
-        parts = []
-        pos = lo
-        while pos < hi:
-            b0 = pos // RNG_BLOCK * RNG_BLOCK
-            take = min(hi, b0 + RNG_BLOCK) - pos
-            parts.append(self._block(pos // RNG_BLOCK)[pos - b0 : pos - b0 + take])
-            pos += take
-        if not parts:
-            return torch.empty(0, dtype=torch.float32, device=self.device)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out.to(self.device)
+    fn: Callable[..., torch.Tensor]
+    inputs: Inputs = "math"
 
 
-StatRound = Callable[..., Stats]
+@dataclass(frozen=True)
+class StatRound:
+    """One round of whole-tensor statistics: ``fn(info, base, tensors, model_params, params,
+    prev)`` maps a block (``scope="block"``) or the whole piece (``scope="piece"``, for rounds
+    that step through their input themselves) to a dict of additive partials (see the module
+    docstring). ``inputs`` as for :class:`Kernel` (raw rounds get ``math_dtype``)."""
+
+    fn: Callable[..., Stats]
+    inputs: Inputs = "math"
+    scope: Literal["block", "piece"] = "block"
 
 
 def _no_rounds(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> tuple:
@@ -221,16 +204,16 @@ def _no_external(params: dict[str, Any]) -> tuple[str, ...]:
 class MergeMethod:
     """A registered merge method.
 
-    ``kernel(base, tensors, model_params, params, *, info, stats)`` returns the merged piece in the
-    math dtype. ``base``: "required" (the kernel gets the base model's tensor; the base is not one
-    of ``tensors``), "ignored" (like mergekit's linear, only the listed models are combined).
+    ``kernel``: the merge function (:class:`Kernel`). ``base``: "required" (the kernel gets the
+    base model's tensor; the base is not one of ``tensors``), "ignored" (like mergekit's linear,
+    only the listed models are combined).
     ``inputs``: (min, max) number of merged models besides the base (max None = unbounded).
     ``work_fixed`` / ``work_per_input``: bytes of temporaries per output element, for the
     planner's memory estimate.
     """
 
     name: str
-    kernel: Callable[..., torch.Tensor]
+    kernel: Kernel
     params: tuple[ParamSpec, ...]
     base: Literal["required", "ignored"]
     work_fixed: int
@@ -239,7 +222,7 @@ class MergeMethod:
     doc: str = ""
     inputs: tuple[int, int | None] = (1, None)
     stat_rounds: Callable[[dict[str, Any], Sequence[dict[str, Any]]], tuple[StatRound, ...]] = (
-        _no_rounds
+        _no_rounds  # the rounds a tensor with these parameters needs, in order
     )
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     # problems with the resolved parameters of one tensor (combinations a single spec can't see)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec
+from raymerge.methods.base import Kernel, MergeMethod, ParamSpec
 
 
 def linear(
@@ -44,7 +44,7 @@ def linear(
 
 LINEAR = MergeMethod(
     name="linear",
-    kernel=linear,
+    kernel=Kernel(linear),
     params=(
         ParamSpec("weight", float, "model", required=True, doc="weight of each model"),
         ParamSpec("normalize", bool, "global", default=True, doc="divide by the sum of weights"),

@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, unit_sums
+from raymerge.methods.base import (
+    Kernel,
+    MergeMethod,
+    ParamSpec,
+    PieceInfo,
+    StatRound,
+    Stats,
+    unit_sums,
+)
 
 
 def _pairs(n: int) -> list[tuple[int, int]]:
@@ -77,12 +85,12 @@ def model_stock(
 
 
 def _rounds(params: dict[str, Any], model_params) -> tuple:
-    return () if params.get("filter_wise") else (_round_dots,)
+    return () if params.get("filter_wise") else (StatRound(_round_dots),)
 
 
 MODEL_STOCK = MergeMethod(
     name="model_stock",
-    kernel=model_stock,
+    kernel=Kernel(model_stock),
     params=(
         ParamSpec(
             "filter_wise",

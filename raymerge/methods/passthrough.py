@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec
+from raymerge.methods.base import Kernel, MergeMethod, ParamSpec
 
 
 def passthrough(
@@ -32,7 +32,7 @@ def passthrough(
 
 PASSTHROUGH = MergeMethod(
     name="passthrough",
-    kernel=passthrough,
+    kernel=Kernel(passthrough),
     params=(ParamSpec("scale", float, "model", default=None, doc="multiply the tensor by this"),),
     base="ignored",
     work_fixed=4,

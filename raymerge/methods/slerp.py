@@ -21,7 +21,15 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats, unit_sums
+from raymerge.methods.base import (
+    Kernel,
+    MergeMethod,
+    ParamSpec,
+    PieceInfo,
+    StatRound,
+    Stats,
+    unit_sums,
+)
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -67,7 +75,7 @@ def slerp(
 
 SLERP = MergeMethod(
     name="slerp",
-    kernel=slerp,
+    kernel=Kernel(slerp),
     params=(
         ParamSpec(
             "t",
@@ -85,5 +93,5 @@ SLERP = MergeMethod(
     reference="https://en.wikipedia.org/wiki/Slerp",
     doc="spherical interpolation between base and one model",
     inputs=(1, 1),
-    stat_rounds=lambda params, model_params: (_round_norms,),
+    stat_rounds=lambda params, model_params: (StatRound(_round_norms),),
 )

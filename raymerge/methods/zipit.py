@@ -11,30 +11,35 @@ algorithm), ``matcher: identity`` is plain weight averaging through the same pat
 
 Unlike the other methods this one is not elementwise: the statistics and matching stage runs
 before the per-tensor jobs (:mod:`raymerge.zipit`, scheduled by :mod:`raymerge.executor`), and the
-kernel gets, as external statistics, the matchings of the spaces its tensor touches. The planner
-puts the tensor's layout (axes, source models) into its parameters under ``layout``.
+kernel gets, as external statistics, the matchings of the spaces its tensor touches
+(``external``: space name -> :class:`raymerge.zipit.matching.Matching`). The planner puts the
+tensor's layout (a :class:`raymerge.zipit.spaces.ZipTensor`) into its parameters as ``layout``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from raymerge.zipit.matching import Matching
 else:
     from raymerge._lazy import torch
 
-from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo, Stats
+from raymerge.methods.base import Kernel, MergeMethod, ParamSpec, PieceInfo, Stats
 from raymerge.zipit.apply import zip_tensor
+from raymerge.zipit.spaces import Axis
 
 MATCHERS = ("zipit", "permute", "identity")
 
 
 def spaces_of(params: dict[str, Any]) -> tuple[str, ...]:
-    """External statistics keys (``zipit:<space>``) a tensor's kernel needs."""
-    axes = params.get("layout", {}).get("axes", [])
-    return tuple(dict.fromkeys(f"zipit:{a[1]}" for a in axes if a[2] != "mean"))
+    """The feature spaces whose matchings a tensor's kernel needs (its ``layout`` parameter, a
+    :class:`raymerge.zipit.spaces.ZipTensor` the planner sets)."""
+    layout = params.get("layout")
+    return layout.spaces if layout is not None else ()
 
 
 def _zip(
@@ -45,23 +50,13 @@ def _zip(
     *,
     info: PieceInfo,
     stats: Sequence[Stats] = (),
+    external: Mapping[str, Matching] | None = None,
 ) -> torch.Tensor:
     """W' = sum_k M_out^k W^k U_in^k for one whole tensor (see raymerge.zipit.apply)."""
-    # a tensor in no feature space (or called outside a planned zipit run): the plain average
-    layout = params.get("layout") or {
-        "axes": [[0, "", "mean", 1]],
-        "models": list(range(len(tensors))),
-    }
-    found = stats[0] if stats else {}
-    matchings = {}
-    for key in spaces_of(params):
-        space = key.removeprefix("zipit:")
-        n = sum(1 for k in found if k.startswith(f"{space}/assign."))
-        matchings[space] = (
-            [found[f"{space}/assign.{k}"] for k in range(n)],
-            found[f"{space}/sizes"],
-        )
-    return zip_tensor(tensors, layout["models"], layout["axes"], matchings)
+    layout = params.get("layout")
+    if layout is None:  # a tensor in no feature space (or outside a planned run): the average
+        return zip_tensor(tensors, range(len(tensors)), (Axis(0, "", "mean"),), {})
+    return zip_tensor(tensors, layout.models, layout.axes, external or {})
 
 
 ALPHA = ParamSpec(
@@ -106,7 +101,7 @@ def _matcher(default: str) -> ParamSpec:
 def _entry(name: str, matcher: str, inputs: tuple[int, int | None], doc: str) -> MergeMethod:
     return MergeMethod(
         name=name,
-        kernel=_zip,
+        kernel=Kernel(_zip),
         params=(ALPHA, BETA, STOP_AT, _matcher(matcher)),
         base="ignored",
         work_fixed=8,

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from raymerge.zipit.matching import Matching
+    from raymerge.zipit.spaces import Axis
 else:
     from raymerge._lazy import torch
 
@@ -27,40 +30,45 @@ def _index(assign: torch.Tensor, expand: int) -> torch.Tensor:
 def zip_tensor(
     tensors: Sequence[torch.Tensor],
     models: Sequence[int],
-    axes: Sequence[Sequence],
-    matchings: Mapping[str, tuple[Sequence[torch.Tensor], torch.Tensor]],
+    axes: Sequence[Axis],
+    matchings: Mapping[str, Matching],
 ) -> torch.Tensor:
     """Zip the sources of one tensor.
 
-    ``tensors[s]`` comes from model ``models[s]``; ``axes`` holds ``(dim, space, mode, expand)``
-    entries (see :class:`raymerge.zipit.spaces.Axis`); ``matchings[space] = (assign per model,
-    sizes)``. Axes in no space are left as they are.
+    Args:
+        tensors: the sources; ``tensors[s]`` comes from model ``models[s]``.
+        models: the model index of each source.
+        axes: how each tensor axis moves (axes in no space are left as they are).
+        matchings: the matching of every space the axes name.
+
+    Returns:
+        The zipped tensor (float, the dtype of the sources).
     """
     out: torch.Tensor | None = None
     for x, k in zip(tensors, models):
         y = x
-        for dim, space, mode, expand in axes:
-            if mode == "mean":
+        for ax in axes:
+            if ax.mode == "mean":
                 continue
-            assign, sizes = matchings[space]
-            idx = _index(assign[k].to(y.device), expand)
-            if idx.numel() != y.shape[dim]:
+            m = matchings[ax.space]
+            idx = _index(m.assign[k].to(y.device), ax.expand)
+            if idx.numel() != y.shape[ax.dim]:
                 raise ValueError(
-                    f"axis {dim} of size {y.shape[dim]} does not match space {space!r} "
-                    f"({assign[k].numel()} units x {expand})"
+                    f"axis {ax.dim} of size {y.shape[ax.dim]} does not match space "
+                    f"{ax.space!r} ({m.assign[k].numel()} units x {ax.expand})"
                 )
             shape = list(y.shape)
-            shape[dim] = sizes.numel() * expand
-            y = torch.zeros(shape, dtype=y.dtype, device=y.device).index_add_(dim, idx, y)
+            shape[ax.dim] = m.sizes.numel() * ax.expand
+            y = torch.zeros(shape, dtype=y.dtype, device=y.device).index_add_(ax.dim, idx, y)
         out = y if out is None else out.add_(y)
     assert out is not None, "a zipped tensor has at least one source"
-    for dim, space, mode, expand in axes:
-        if mode == "merge":
-            sizes = matchings[space][1].to(device=out.device, dtype=out.dtype)
-            div = sizes.repeat_interleave(expand)
+    for ax in axes:
+        if ax.mode == "merge":
+            sizes = matchings[ax.space].sizes.to(device=out.device, dtype=out.dtype)
+            div = sizes.repeat_interleave(ax.expand)
             view = [1] * out.dim()
-            view[dim] = -1
+            view[ax.dim] = -1
             out.div_(div.reshape(view))
-        elif mode == "mean":
+        elif ax.mode == "mean":
             out.div_(len(tensors))
     return out

@@ -1,9 +1,9 @@
 """The I/O side of ZipIt's statistics stage: calibration data, model tensors, per-shard statistics.
 
-No Ray here: :mod:`raymerge.executor` wraps :func:`shard_stats` in actors (each loads the K models
-once and accumulates several calibration shards). The calibration set is split into a fixed
-number of shards (``calibration.shards``) by sample index, independent of how many actors or
-nodes run them, and shard statistics are reduced in shard order by
+No Ray here: :mod:`raymerge.execution.zipit_stage` wraps :func:`shard_stats` in actors (each
+loads the K models once and accumulates several calibration shards). The calibration set is
+split into a fixed number of shards (``calibration.shards``) by sample index, independent of how
+many actors or nodes run them, and shard statistics are reduced in shard order by
 :func:`raymerge.zipit.stats.tree_reduce`, so the statistics, and therefore the matching, do not
 depend on the cluster.
 
@@ -25,8 +25,7 @@ import torch
 
 from raymerge.errors import InputError
 from raymerge.io.header import TensorSource
-from raymerge.io.reader import decode
-from raymerge.job import fetch
+from raymerge.io.ranges import decode, fetch
 from raymerge.storage import Location
 from raymerge.zipit.forward import llama_forward, mlp_forward
 from raymerge.zipit.stats import FeatureStats, features_of_models

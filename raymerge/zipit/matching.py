@@ -154,6 +154,8 @@ def match_zipit(
 
     Clusters are numbered by their lowest member's flat index. Cost: O(C^2) memory (two float64
     matrices) and, per merge, O(C) plus a row rescan for clusters whose best partner changed.
+
+    Long because the exact rules are stated here, next to the one loop that follows them.
     """
     k, n = _equal_widths(sizes, "ZipIt matching", min_models=2)
     width = k * n

@@ -71,9 +71,19 @@ class ZipTensor:
     reads: tuple[tuple[int, str], ...]
     axes: tuple[Axis, ...]
 
-    def layout(self) -> dict[str, Any]:
-        """JSON form carried in the piece parameters to the kernel."""
-        return {"axes": [a.as_json() for a in self.axes], "models": [k for k, _ in self.reads]}
+    @property
+    def models(self) -> tuple[int, ...]:
+        """The model index of each source."""
+        return tuple(k for k, _ in self.reads)
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """The feature spaces this tensor's axes merge or unmerge (whose matchings it needs)."""
+        return tuple(dict.fromkeys(a.space for a in self.axes if a.mode != "mean"))
+
+    def as_json(self) -> dict[str, Any]:
+        """The manifest's form: ``{"axes": [[dim, space, mode, expand], ...], "models": [...]}``."""
+        return {"axes": [a.as_json() for a in self.axes], "models": list(self.models)}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""``raymerge plan CONFIG``: what a run would do, from headers only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raymerge.cli.run import load
+from raymerge.options import add_run_arguments, options_from
+from raymerge.summary import fmt_bytes
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="show what a run would do (reads headers only)",
+        description="Read every input's headers and print the plan: tensors, jobs, bytes, "
+        "output shards and peak job memory. No tensor data is read.",
+    )
+    add_run_arguments(p, out=False, execution=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    from raymerge.pipeline import build_plan
+
+    plan, _ = build_plan(load(args), options_from(args))
+    s = plan.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(
+        f"method {s['method']}: {s['tensors']} tensors ({s['chunked_tensors']} chunked) in "
+        f"{s['jobs']} jobs; read {fmt_bytes(s['bytes_read'])}, write "
+        f"{fmt_bytes(s['bytes_written'])} in {len(s['output_shards'])} shards; peak job "
+        f"memory {fmt_bytes(s['peak_job_memory_bytes'])}"
+    )
+    for sh in s["output_shards"]:
+        print(f"  {sh['name']}: {fmt_bytes(sh['bytes'])}, {sh['tensors']} tensors")
+    return 0

@@ -1,0 +1,163 @@
+"""The config's pydantic models: strict (``extra="forbid"``), frozen, one field per mergekit key
+raymerge supports, plus raymerge's extensions (``random_seed``, ``storage_options``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from raymerge.methods import REGISTRY, MergeMethod
+from raymerge.redaction import redact
+
+# config dtype names -> safetensors dtype codes (raymerge.io.header.ST_DTYPES)
+DTYPE_NAMES: dict[str, str] = {
+    "float32": "F32",
+    "fp32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "fp16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "float64": "F64",
+    "fp64": "F64",
+    "double": "F64",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputModel(_Strict):
+    model: str = Field(description="local folder, file://, s3://, hf://org/repo@rev or org/repo")
+    parameters: dict[str, Any] | None = Field(default=None, description="per-model parameters")
+
+    @field_validator("model")
+    @classmethod
+    def _no_lora(cls, v: str) -> str:
+        if "+" in v and "://" not in v:
+            raise ValueError(
+                f"LoRA references ('model+lora') are not supported: {v!r}; merge the adapter "
+                "into the model first"
+            )
+        if not v.strip():
+            raise ValueError("model reference is empty")
+        return v
+
+
+class SliceSource(_Strict):
+    model: str = Field(description="model reference")
+    layer_range: tuple[int, int] = Field(description="[start, end) layer indices of this model")
+    parameters: dict[str, Any] | None = Field(default=None, description="per-source parameters")
+
+
+class Slice(_Strict):
+    sources: list[SliceSource] = Field(min_length=1, description="models contributing these layers")
+    parameters: dict[str, Any] | None = Field(default=None, description="parameters for this slice")
+
+
+class Calibration(_Strict):
+    """Calibration data for methods that need activations (ZipIt)."""
+
+    url: str = Field(
+        description="safetensors (inputs / input_ids) or .parquet file, any fsspec URL"
+    )
+    samples: int | None = Field(default=None, ge=1, description="use the first N samples")
+    batch_size: int = Field(default=64, ge=1, description="samples per forward batch")
+    shards: int = Field(
+        default=4,
+        ge=1,
+        description="statistics shards (fixed, so results do not depend on the number of actors)",
+    )
+
+
+class MergeConfig(_Strict):
+    merge_method: str = Field(description="one of the registered merge methods")
+    base_model: str | None = Field(default=None, description="base model reference")
+    models: list[InputModel] | None = Field(default=None, description="models to merge")
+    slices: list[Slice] | None = Field(
+        default=None, description="output layer ranges (frankenmerges / per-slice merges)"
+    )
+    parameters: dict[str, Any] | None = Field(default=None, description="global parameters")
+    dtype: str | None = Field(default=None, description="math dtype (fp32 or wider is used)")
+    out_dtype: str | None = Field(
+        default=None, description="output dtype; default: dtype, else the input's"
+    )
+    tokenizer_source: str | None = Field(
+        default=None,
+        description="'base': output rows follow the base vocabulary (missing rows from the base)",
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="calibration data (zipit, permute)"
+    )
+    random_seed: int = Field(default=0, description="seed for randomised methods")
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fsspec options per URL prefix"
+    )
+
+    @field_validator("merge_method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in REGISTRY:
+            raise ValueError(f"unknown merge method {v!r}; valid: {', '.join(REGISTRY)}")
+        return v
+
+    @field_validator("dtype", "out_dtype")
+    @classmethod
+    def _known_dtype(cls, v: str | None) -> str | None:
+        if v is not None and v not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {v!r}; valid: {', '.join(DTYPE_NAMES)}")
+        return v
+
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _tok(cls, v: str | None) -> str | None:
+        if v not in (None, "base"):
+            raise ValueError(f"tokenizer_source {v!r} is not supported yet; valid: base")
+        return v
+
+    @property
+    def method(self) -> MergeMethod:
+        return REGISTRY[self.merge_method]
+
+    @model_validator(mode="after")
+    def _models_or_slices(self) -> MergeConfig:
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("give exactly one of 'models' or 'slices'")
+        if self.models is not None and not self.models:
+            raise ValueError("'models' is empty")
+        if self.slices is not None and not self.slices:
+            raise ValueError("'slices' is empty")
+        return self
+
+    def input_refs(self) -> list[str]:
+        """Unique model references: base first (if any), then the others in order of appearance."""
+        refs: list[str] = [self.base_model] if self.base_model else []
+        if self.models is not None:
+            refs += [m.model for m in self.models]
+        for sl in self.slices or ():
+            refs += [src.model for src in sl.sources]
+        return list(dict.fromkeys(refs))
+
+    def merged_models(self) -> list[InputModel]:
+        """The models whose tensors the kernel combines (the base is excluded where it is base)."""
+        return self.merged_of(self.models or [])
+
+    def merged_of(self, entries: list[Any]) -> list[Any]:
+        """Of a ``models`` list or a slice's ``sources``: the ones the kernel combines."""
+        if self.method.base == "required":
+            return [m for m in entries if m.model != self.base_model]
+        return list(entries)
+
+    def hash(self) -> str:
+        """Stable hash of everything that determines output bytes (not storage options)."""
+        body = self.model_dump(mode="json", exclude={"storage_options"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as it may be shown or stored: secrets in storage options redacted."""
+        return redact(self.model_dump(mode="json", exclude_defaults=True))

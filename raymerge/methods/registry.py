@@ -1,0 +1,30 @@
+"""The registry of merge methods: one explicit table, no registration by import side effect.
+
+Adding a method is one file in :mod:`raymerge.methods` plus one entry here.
+"""
+
+from __future__ import annotations
+
+from raymerge.methods.base import MergeMethod
+from raymerge.methods.linear import LINEAR
+from raymerge.methods.model_stock import MODEL_STOCK
+from raymerge.methods.passthrough import PASSTHROUGH
+from raymerge.methods.slerp import SLERP
+from raymerge.methods.task_arithmetic import METHODS as TASK_VECTOR_METHODS
+from raymerge.methods.zipit import PERMUTE, ZIPIT
+
+REGISTRY: dict[str, MergeMethod] = {
+    m.name: m
+    for m in (LINEAR, *TASK_VECTOR_METHODS, SLERP, MODEL_STOCK, PASSTHROUGH, ZIPIT, PERMUTE)
+}
+
+
+def get_method(name: str) -> MergeMethod:
+    """The registered method ``name``; KeyError names the valid options."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown merge method {name!r}; valid: {', '.join(REGISTRY)}") from None
+
+
+__all__ = ["REGISTRY", "get_method"]

@@ -1,0 +1,141 @@
+"""The plan's frozen records: sources, pieces, jobs, shards and the whole plan.
+
+Pieces and jobs are frozen values: they pickle to Ray, hash, and map one-to-one onto manifest
+rows. A job owns one contiguous byte range of one output shard (:meth:`Job.byte_range`), which is
+all an output sink ever sees of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raymerge.io.sinks.base import ByteRange, ShardSpec
+from raymerge.params import ResolvedParams
+
+if TYPE_CHECKING:
+    from raymerge.zipit.spaces import ZipLayout
+
+
+@dataclass(frozen=True)
+class Source:
+    """Byte range of one piece in one input file (absolute file offsets)."""
+
+    input: int
+    tensor: str
+    file: str
+    start: int
+    end: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One output tensor, or one contiguous chunk of it (flat elements [elem_start, elem_end))."""
+
+    name: str
+    chunk: int
+    n_chunks: int
+    shape: tuple[int, ...]
+    piece_shape: tuple[int, ...]
+    elem_start: int
+    elem_end: int
+    out_dtype: str
+    out_start: int
+    out_end: int
+    sources: tuple[Source, ...]  # the base first when ``has_base``, then the merged models
+    has_base: bool
+    params: ResolvedParams
+    memory_bytes: int  # bytes held for the whole piece (raw inputs, output)
+    block_bytes: int  # temporaries of one block (held once per job, blocks run one at a time)
+    rounds: int  # whole-tensor statistics rounds the method needs for this tensor
+    seed: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.out_end - self.out_start
+
+
+@dataclass(frozen=True)
+class Job:
+    """A contiguous byte range [out_start, out_end) of one output shard."""
+
+    id: int
+    shard: int
+    part: int
+    out_start: int
+    out_end: int
+    pieces: tuple[Piece, ...]
+    memory_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.out_end - self.out_start
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(s.end - s.start for p in self.pieces for s in p.sources)
+
+    @property
+    def byte_range(self) -> ByteRange:
+        """What the output sink sees of this job."""
+        return ByteRange(self.id, self.shard, self.part, self.out_start, self.out_end)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    name: str
+    header: bytes
+    size: int
+    tensors: tuple[str, ...]
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+@dataclass
+class Plan:
+    """The whole run, fixed up front. ``inputs[i]`` is the reference read for Source.input == i."""
+
+    config_hash: str
+    method: str
+    inputs: list[str]  # the first is the reference: base_model if any, else the first model
+    num_hidden_layers: int | None  # of the output, when slices change it
+    shards: list[ShardPlan]
+    jobs: list[Job]
+    tensor_dtypes: dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
+    zip_layout: ZipLayout | None = None  # zipit/permute: feature spaces for the statistics stage
+
+    @property
+    def pieces(self) -> list[Piece]:
+        return [p for j in self.jobs for p in j.pieces]
+
+    def shard_specs(self) -> list[ShardSpec]:
+        """The output shards as the sinks see them."""
+        parts = [0] * len(self.shards)
+        for j in self.jobs:
+            parts[j.shard] += 1
+        return [ShardSpec(s.name, s.size, parts[s.index]) for s in self.shards]
+
+    def summary(self) -> dict[str, Any]:
+        pieces = self.pieces
+        chunked = sorted({p.name for p in pieces if p.n_chunks > 1})
+        return {
+            "method": self.method,
+            "config_hash": self.config_hash,
+            "inputs": self.inputs,
+            "tensors": len({p.name for p in pieces}),
+            "pieces": len(pieces),
+            "jobs": len(self.jobs),
+            "chunked_tensors": len(chunked),
+            "bytes_read": sum(j.bytes_read for j in self.jobs),
+            "bytes_written": sum(s.size for s in self.shards),
+            "output_shards": [
+                {"name": s.name, "bytes": s.size, "tensors": len(s.tensors)} for s in self.shards
+            ],
+            "peak_job_memory_bytes": max((j.memory_bytes for j in self.jobs), default=0),
+            "options": self.options,
+        }

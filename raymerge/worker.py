@@ -1,0 +1,329 @@
+"""The body of one job: range-read its inputs, merge each piece, write its output byte range.
+
+Runs inside a Ray worker but imports no Ray: :mod:`raymerge.execution` wraps :func:`run_job`
+(and :func:`run_stats` for the statistics rounds of chunked tensors) in tasks. Every input is read
+straight from storage by the worker and every output byte goes straight to the sink, so the driver
+only sees small typed results (:mod:`raymerge.results`). Deterministic: the output depends only on
+the job, never on the worker, attempt or timing.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from raymerge.io.sinks.base import Sink
+else:
+    from raymerge._lazy import torch
+
+from raymerge.errors import InputError
+from raymerge.io.header import DTYPES
+from raymerge.io.ranges import decode, fetch
+from raymerge.io.sinks.base import checksum
+from raymerge.methods import BLOCK_ELEMENTS, get_method, merge_piece, piece_stats
+from raymerge.methods.base import PieceInfo, Stats
+from raymerge.plan import Job, Piece
+from raymerge.results import JobResult, StatsResult
+from raymerge.storage import Location, counting_retries
+
+FaultHook = Callable[[Job, int], None]  # (job, attempt): called between a job's read and compute
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every job of a run shares; shipped to workers once (ray.put).
+
+    ``fault``: an injectable hook for fault-injection tests (it may kill its own process); None
+    in every real run."""
+
+    inputs: tuple[Location, ...]
+    method: str
+    math_dtype: str  # "F32" or "F64"
+    headers: tuple[bytes, ...]  # per output shard
+    sink: Sink
+    allow_nonfinite: bool = False
+    fault: FaultHook | None = None
+
+    @property
+    def remote_io(self) -> bool:
+        """Jobs wait on the network (a remote input or output), not only on the CPU."""
+        return any(not loc.is_local for loc in self.inputs) or self.sink.kind != "local"
+
+
+Cached = Sequence[Sequence[Any] | None]  # per piece: its sources' bytes (None: not held)
+
+
+def read_pieces(
+    pieces: Sequence[Piece], ctx: JobContext, cached: Cached | None = None
+) -> tuple[list[list[Any]], int]:
+    """Raw bytes of every source of every piece, in piece and read order; one batch per input.
+    ``cached[pi][k]``, where given and not None, is source k of piece pi already in memory (a
+    chunk kept from an earlier statistics round) and is not read again. Also returns the bytes
+    read from storage."""
+    wanted: dict[int, list[tuple[int, int, tuple[str, int, int]]]] = {}
+    out: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
+    nread = 0
+    for pi, p in enumerate(pieces):
+        have = cached[pi] if cached else None
+        for k, s in enumerate(p.sources):
+            if have is not None and have[k] is not None:
+                out[pi][k] = have[k]
+                continue
+            wanted.setdefault(s.input, []).append((pi, k, (s.file, s.start, s.end)))
+            nread += s.end - s.start
+    for i, items in wanted.items():
+        for (pi, k, _), buf in zip(items, fetch(ctx.inputs[i], [r for _, _, r in items])):
+            out[pi][k] = buf
+    return out, nread
+
+
+def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
+    """The sources of ``piece`` worth keeping in memory for its next reads: those of remote
+    inputs, as uint8 arrays (zero-copy; Ray stores numpy arrays out of band). Local inputs are
+    mapped from the page cache, which already keeps them; they are None (read again)."""
+    import numpy as np
+
+    return [
+        None if ctx.inputs[s.input].is_local else np.frombuffer(b, dtype=np.uint8)
+        for s, b in zip(piece.sources, raw)
+    ]
+
+
+def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator[torch.Tensor]:
+    """Decoded inputs in their stored dtype (converted to the math dtype block by block later)."""
+    for s, data in zip(p.sources, raw):
+        t = decode(data, s.dtype, p.piece_shape)
+        if not ctx.allow_nonfinite and not finite(t):
+            raise InputError(
+                f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
+                "values; pass --allow-nonfinite to merge anyway"
+            )
+        if device == "cpu":
+            yield t
+        else:  # through page-locked memory (torch caches those blocks): a DMA copy, no staging
+            yield t.pin_memory().to(device=device, non_blocking=True)
+
+
+def finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``. A float32 sum is NaN/Inf whenever an element is, so one cheap
+    reduction per block settles the common case (a block-sized float32 temporary, never a
+    tensor-sized one); only a non-finite sum (or overflow) gets the exact scan."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    flat = t.reshape(-1)
+    for a in range(0, flat.numel(), BLOCK_ELEMENTS):
+        blk = flat[a : a + BLOCK_ELEMENTS]
+        if not bool(torch.isfinite(blk.sum(dtype=torch.float32))) and not bool(
+            torch.isfinite(blk).all()
+        ):
+            return False
+    return True
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not
+    inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _out_buffer(job: Job, header_len: int) -> torch.Tensor:
+    """The job's output bytes as an uninitialised uint8 tensor (no zero-fill pass over memory
+    every byte of which is about to be written): the header and the pieces tile the range; any
+    byte they would not cover is zeroed here, so the output never holds stale memory."""
+    buf = torch.empty(job.nbytes, dtype=torch.uint8)
+    covered = [(0, header_len)] if job.part == 1 else []
+    covered += [(p.out_start - job.out_start, p.out_end - job.out_start) for p in job.pieces]
+    pos = 0
+    for lo, hi in sorted(covered):
+        if lo > pos:
+            buf[pos:lo] = 0
+        pos = max(pos, hi)
+    if pos < job.nbytes:
+        buf[pos:] = 0
+    return buf
+
+
+def _out_view(buf: torch.Tensor, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """A flat tensor aliasing buf[lo:hi], if the offset is aligned for ``dtype``."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    if hi == lo or lo % item:
+        return None
+    return buf[lo:hi].view(dtype)
+
+
+def _split(p: Piece, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    return (tensors[0], tensors[1:]) if p.has_base else (None, tensors)
+
+
+def _info(p: Piece) -> PieceInfo:
+    return PieceInfo(p.name, p.shape, p.elem_start, p.elem_end, p.seed)
+
+
+def run_stats(
+    piece: Piece,
+    ctx: JobContext,
+    prev: list[Stats],
+    device: str = "cpu",
+    compute_lock: AbstractContextManager[Any] | None = None,
+    cached: Sequence[Any] | None = None,
+    keep: bool = False,
+) -> tuple[StatsResult, list[Any] | None]:
+    """Partial whole-tensor statistics of round ``len(prev)`` for one chunk (on CPU).
+
+    Args:
+        piece: the chunk.
+        ctx: the run's shared context.
+        prev: the reduced statistics of the earlier rounds.
+        device: where to compute.
+        compute_lock: held while computing, not while reading (see :func:`run_job`).
+        cached: the chunk's source bytes where already in memory.
+        keep: also return the source bytes (see :func:`keepable`) for the later rounds and
+            the merge.
+
+    Returns:
+        The statistics, and the kept bytes (None unless ``keep``).
+    """
+    with counting_retries() as retries:
+        raws, nread = read_pieces([piece], ctx, [cached])
+    with compute_lock or nullcontext():
+        stats = _piece_stats(piece, raws[0], ctx, prev, device)
+    kept = keepable(piece, raws[0], ctx) if keep else None
+    return StatsResult(stats, nread, retries[0]), kept
+
+
+def _piece_stats(piece: Piece, raw: list[Any], ctx: JobContext, prev: list[Stats], device: str):
+    base, others = _split(piece, list(_tensors(piece, raw, ctx, device)))
+    prev_dev = [{k: v.to(device) for k, v in st.items()} for st in prev]
+    part = piece_stats(
+        get_method(ctx.method),
+        _info(piece),
+        base,
+        others,
+        piece.params.models,
+        dict(piece.params.method),
+        prev_dev,
+        DTYPES[ctx.math_dtype][0],
+    )
+    return {k: v.cpu() for k, v in part.items()}
+
+
+def run_job(
+    job: Job,
+    ctx: JobContext,
+    stats: Mapping[str, list[Stats]] | None = None,
+    device: str = "cpu",
+    attempt: int = 1,
+    compute_lock: AbstractContextManager[Any] | None = None,
+    cached: Cached | None = None,
+    external: Mapping[str, Any] | None = None,
+) -> JobResult:
+    """Compute and write one job.
+
+    Args:
+        job: the job.
+        ctx: the run's shared context.
+        stats: the reduced statistics of chunked tensors whose method needs whole-tensor
+            statistics, by tensor name.
+        device: where to compute.
+        attempt: which attempt this is (reported, and passed to the fault hook).
+        compute_lock: held only while computing: a worker running two jobs at once (pooled
+            workers) reads or writes one while the other computes, never computing two at once.
+        cached: source bytes already in memory (see :func:`read_pieces`), not read again.
+        external: statistics computed before the jobs (ZipIt's matchings, by space).
+
+    Returns:
+        Its checksums, timings and counters.
+    """
+    with counting_retries() as retries:
+        t0 = time.perf_counter()
+        raw, nread = read_pieces(job.pieces, ctx, cached)
+        if ctx.fault is not None:
+            ctx.fault(job, attempt)
+        t_read = time.perf_counter() - t0
+        with compute_lock or nullcontext():
+            t1 = time.perf_counter()
+            view, checks = _compute(job, raw, ctx, stats, device, external)
+            t_compute = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        receipt = ctx.sink.write(job.byte_range, view)
+        t_end = time.perf_counter()
+    header_len = len(ctx.headers[job.shard])
+    return JobResult(
+        job=job.id,
+        checksums=tuple(checks),
+        header_checksum=checksum(view[:header_len]) if job.part == 1 else None,
+        receipt=receipt,
+        attempt=attempt,
+        read_s=t_read,
+        compute_s=t_compute,
+        write_s=t_end - t2,
+        wall_s=t_end - t0,
+        bytes_read=nread,
+        bytes_reused=job.bytes_read - nread,
+        bytes_written=job.nbytes,
+        rss_peak=peak_rss(),
+        storage_retries=retries[0],
+    )
+
+
+def _compute(
+    job: Job,
+    raw: list[list[Any]],
+    ctx: JobContext,
+    stats: Mapping[str, list[Stats]] | None,
+    device: str,
+    external: Mapping[str, Any] | None,
+) -> tuple[memoryview, list[str]]:
+    """The job's output bytes (header included) and one checksum per piece."""
+    method = get_method(ctx.method)
+    math_dtype = DTYPES[ctx.math_dtype][0]
+    buf = _out_buffer(job, len(ctx.headers[job.shard]))
+    view = memoryview(buf.numpy())
+    if job.part == 1:
+        header = ctx.headers[job.shard]
+        view[: len(header)] = header
+    checks: list[str] = []
+    for p, p_raw in zip(job.pieces, raw):
+        base, others = _split(p, list(_tensors(p, p_raw, ctx, device)))
+        tensor_stats = None
+        if p.n_chunks > 1 and p.rounds:
+            tensor_stats = [
+                {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
+            ]
+        lo = p.out_start - job.out_start
+        hi = p.out_end - job.out_start
+        out_dtype = DTYPES[p.out_dtype][0]
+        target = _out_view(buf, lo, hi, out_dtype) if device == "cpu" else None
+        merged = merge_piece(
+            method,
+            _info(p),
+            base,
+            others,
+            p.params.models,
+            dict(p.params.method),
+            tensor_stats,
+            math_dtype=math_dtype,
+            out=target,
+            external=external,
+        )
+        if target is None and hi > lo:  # GPU, or an unaligned offset: copy the bytes over
+            data = merged.to(dtype=out_dtype).reshape(-1).contiguous().cpu()
+            view[lo:hi] = data.view(torch.uint8).numpy().data
+        checks.append(checksum(view[lo:hi]))
+        del base, others, merged, target
+    raw.clear()
+    return view, checks

@@ -1,0 +1,291 @@
+"""ZipIt end to end through Ray: the identity property (a model zipped with a permuted copy of
+itself computes the same function) for MLPs with dead ReLU units and for a tiny Llama, partial zip,
+statistics over several actors, the baselines, and config/input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from raymerge.cli import main
+from raymerge.synth import llama_config, random_weights, save_checkpoint
+from raymerge.zipit.forward import llama_forward, mlp_forward
+from raymerge.zipit.gather import load_tensors, shard_ranges, shard_stats
+from raymerge.zipit.stats import tree_reduce
+from tests.helpers import load_model
+
+pytestmark = pytest.mark.integration
+
+WIDTHS = (12, 32, 24, 10)  # inputs, hidden 1, hidden 2, classes
+
+
+def make_mlp(seed: int, widths=WIDTHS, dead: int = 3) -> dict[str, torch.Tensor]:
+    """A random ReLU MLP whose first ``dead`` units of every hidden layer never fire."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(len(widths) - 1):
+        w = torch.randn(widths[i + 1], widths[i], generator=g) / widths[i] ** 0.5
+        b = torch.randn(widths[i + 1], generator=g) * 0.1
+        if i < len(widths) - 2:
+            b[:dead] = -1e3
+        out[f"layers.{i}.weight"], out[f"layers.{i}.bias"] = w, b
+    return out
+
+
+def permute_mlp(t: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The same function with every hidden layer's units shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(t)
+    n = len(t) // 2
+    for i in range(n - 1):
+        perm = torch.randperm(t[f"layers.{i}.weight"].shape[0], generator=g)
+        out[f"layers.{i}.weight"] = out[f"layers.{i}.weight"][perm]
+        out[f"layers.{i}.bias"] = out[f"layers.{i}.bias"][perm]
+        out[f"layers.{i + 1}.weight"] = out[f"layers.{i + 1}.weight"][:, perm]
+    return out
+
+
+def permute_llama(t: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Shuffle the residual stream, every MLP's intermediate features and every layer's KV groups
+    (with their query heads): the same function."""
+    g = torch.Generator().manual_seed(seed)
+    d, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, rep = d // heads, heads // kv
+    res = torch.randperm(d, generator=g)
+    out = {}
+    for name, w in t.items():
+        if name.endswith("norm.weight"):
+            w = w[res]
+        elif name == "model.embed_tokens.weight" or name == "lm_head.weight":
+            w = w[:, res]
+        elif name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+            w = w[:, res]
+        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
+            w = w[:, res]
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            w = w[res]
+        out[name] = w
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        inner = torch.randperm(out[p + "mlp.up_proj.weight"].shape[0], generator=g)
+        out[p + "mlp.gate_proj.weight"] = out[p + "mlp.gate_proj.weight"][inner]
+        out[p + "mlp.up_proj.weight"] = out[p + "mlp.up_proj.weight"][inner]
+        out[p + "mlp.down_proj.weight"] = out[p + "mlp.down_proj.weight"][:, inner]
+        groups = torch.randperm(kv, generator=g)
+        kv_rows = (groups[:, None] * hd + torch.arange(hd)).reshape(-1)
+        q_rows = (groups[:, None] * rep * hd + torch.arange(rep * hd)).reshape(-1)
+        out[p + "self_attn.q_proj.weight"] = out[p + "self_attn.q_proj.weight"][q_rows]
+        out[p + "self_attn.k_proj.weight"] = out[p + "self_attn.k_proj.weight"][kv_rows]
+        out[p + "self_attn.v_proj.weight"] = out[p + "self_attn.v_proj.weight"][kv_rows]
+        out[p + "self_attn.o_proj.weight"] = out[p + "self_attn.o_proj.weight"][:, q_rows]
+    return out
+
+
+def write_cfg(tmp_path, models, **extra) -> str:
+    cfg = {"merge_method": "zipit", "models": [{"model": m} for m in models], **extra}
+    p = tmp_path / "zip.json"
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def mlp_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlp")
+    a = make_mlp(1)
+    b = permute_mlp(a, 2)
+    pa = save_checkpoint(str(root / "a"), a, None, n_shards=1, dtype=torch.float32)
+    pb = save_checkpoint(str(root / "b"), b, None, n_shards=2, dtype=torch.float32)
+    x = torch.randn(300, WIDTHS[0], generator=torch.Generator().manual_seed(3))
+    cal = str(root / "cal.safetensors")
+    save_file({"inputs": x}, cal)
+    return a, pa, pb, cal, x
+
+
+def run(cfg: str, out, capsys, *extra) -> None:
+    rc = main(["run", cfg, str(out), "--no-progress", *extra])
+    assert rc == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("matcher", ["zipit", "permute"])
+def test_mlp_zipped_with_permuted_copy_is_the_same_function(
+    matcher, mlp_pair, tmp_path, ray_session, capsys
+):
+    a, pa, pb, cal, x = mlp_pair
+    params = {"alpha": 0.5, "beta": 1.0, "matcher": matcher}
+    cfg = write_cfg(tmp_path, [pa, pb], parameters=params, calibration={"url": cal, "shards": 3})
+    run(cfg, tmp_path / "out", capsys)
+    got = load_model(str(tmp_path / "out"))
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in a.items()}
+    want, _ = mlp_forward(a, x)
+    out, _ = mlp_forward(got, x)
+    assert (out - want).abs().max() < 1e-4
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert {r["method"] for r in rows} == {"zipit"} and len(rows) == len(a)
+    summary = json.loads((tmp_path / "out" / "_SUCCESS").read_text())["summary"]
+    assert summary["zipit"]["spaces"] == 2 and summary["zipit"]["samples"] == 300
+
+
+def test_identity_matcher_is_weight_averaging(mlp_pair, tmp_path, ray_session, capsys):
+    a, pa, pb, _, _ = mlp_pair
+    cfg = write_cfg(tmp_path, [pa, pb], parameters={"matcher": "identity"})
+    run(cfg, tmp_path / "out", capsys)
+    got = load_model(str(tmp_path / "out"))
+    b = load_model(pb)
+    for name in a:
+        torch.testing.assert_close(got[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-7)
+
+
+def test_partial_zip_gives_trunk_and_one_head_per_model(mlp_pair, tmp_path, ray_session, capsys):
+    a, pa, pb, cal, x = mlp_pair
+    cfg = write_cfg(
+        tmp_path, [pa, pb], parameters={"stop_at": 1}, calibration={"url": cal, "batch_size": 50}
+    )
+    run(cfg, tmp_path / "out", capsys)
+    got = load_model(str(tmp_path / "out"))
+    assert sorted(got) == sorted(
+        ["layers.0.weight", "layers.0.bias"]
+        + [f"heads.{j}.layers.{i}.{k}" for j in (0, 1) for i in (1, 2) for k in ("weight", "bias")]
+    )
+    heads, _ = mlp_forward(got, x)
+    want, _ = mlp_forward(a, x)
+    assert len(heads) == 2
+    for h in heads:
+        assert (h - want).abs().max() < 1e-4
+
+
+def test_statistics_over_several_actors_equal_one_pass(mlp_pair, ray_session):
+    from raymerge.execution.zipit_stage import zipit_stats
+    from raymerge.io.reader import read_model
+    from raymerge.options import ExecOptions
+    from raymerge.storage import resolve
+
+    _, pa, pb, _, x = mlp_pair
+    lays = [read_model(p, resolve(p)) for p in (pa, pb)]
+    models = [(lay.location, lay.tensors) for lay in lays]
+    spaces = ["h0", "h1"]
+    shards = shard_ranges(len(x), 40, 4)
+    got, actors = zipit_stats("mlp", models, None, x, shards, spaces, ExecOptions())
+    assert actors == 2
+    loaded = [load_tensors(loc, src) for loc, src in models]
+    one = shard_stats("mlp", loaded, None, x, [(0, len(x))], spaces)
+    for s in spaces:
+        assert got[s].count == one[s].count == len(x)
+        torch.testing.assert_close(got[s].sum, one[s].sum, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(got[s].outer, one[s].outer, rtol=1e-12, atol=1e-9)
+    per_shard = [shard_stats("mlp", loaded, None, x, b, spaces)["h0"] for b in shards]
+    torch.testing.assert_close(tree_reduce(per_shard).outer, got["h0"].outer, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def llama_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama")
+    cfg = llama_config(hidden=32, intermediate=48, layers=2, vocab=64, heads=4, kv_heads=2)
+    cfg["tie_word_embeddings"] = False
+    a = random_weights(cfg, 5)
+    b = permute_llama(a, cfg, 6)
+    pa = save_checkpoint(str(root / "a"), a, cfg, n_shards=2, dtype=torch.float32)
+    pb = save_checkpoint(str(root / "b"), b, cfg, n_shards=1, dtype=torch.float32)
+    ids = torch.randint(0, 64, (24, 12), generator=torch.Generator().manual_seed(7))
+    cal = str(root / "cal.parquet")
+    import pyarrow as pa_
+    import pyarrow.parquet as pq_
+
+    pq_.write_table(pa_.table({"input_ids": ids.tolist()}), cal)
+    return cfg, a, b, pa, pb, cal, ids
+
+
+def test_llama_forward_matches_transformers(llama_pair):
+    transformers = pytest.importorskip("transformers")
+    cfg, a, _, pa, _, _, ids = llama_pair
+    model = transformers.AutoModelForCausalLM.from_pretrained(pa, torch_dtype=torch.float32)
+    with torch.no_grad():
+        want = model(ids).logits
+    got, _ = llama_forward(a, cfg, ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_llama_permuted_copy_is_the_same_function(llama_pair):
+    cfg, a, b, *_, ids = llama_pair
+    torch.testing.assert_close(
+        llama_forward(b, cfg, ids)[0], llama_forward(a, cfg, ids)[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_llama_zip_end_to_end(llama_pair, tmp_path, ray_session, capsys):
+    cfg, a, _, pa, pb, cal, ids = llama_pair
+    zcfg = write_cfg(tmp_path, [pa, pb], calibration={"url": cal, "batch_size": 8})
+    run(zcfg, tmp_path / "out", capsys)
+    got = load_model(str(tmp_path / "out"))
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in a.items()}
+    want, _ = llama_forward(a, cfg, ids)
+    out, _ = llama_forward(got, cfg, ids)
+    assert (out - want).abs().max() < 1e-4
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
+    assert model.config.num_hidden_layers == cfg["num_hidden_layers"]
+
+
+def test_config_errors(mlp_pair, tmp_path, capsys):
+    _, pa, pb, cal, _ = mlp_pair
+    cases = [
+        ({"parameters": {"alpha": 2.0}, "calibration": {"url": cal}}, "parameters.alpha"),
+        ({"parameters": {"matcher": "greedy"}, "calibration": {"url": cal}}, "must be one of"),
+        ({}, "calibration: required by zipit"),
+        ({"calibration": {"url": cal, "batch": 3}}, "calibration.batch: unknown key"),
+        ({"base_model": pa, "calibration": {"url": cal}}, "does not use a base model"),
+    ]
+    for extra, msg in cases:
+        p = write_cfg(tmp_path, [pa, pb], **extra)
+        assert main(["plan", p]) == 2
+        assert msg in capsys.readouterr().err, (extra, msg)
+
+
+def test_input_errors_before_any_data(mlp_pair, tmp_path, capsys):
+    _, pa, pb, _, _ = mlp_pair
+    bad = tmp_path / "bad.safetensors"
+    save_file({"inputs": torch.zeros(4, 7)}, str(bad))
+    p = write_cfg(tmp_path, [pa, pb], calibration={"url": str(bad)})
+    assert main(["run", p, str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "inputs have 7 features, the models read 12" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    p = write_cfg(tmp_path, [pa, pb], parameters={"stop_at": 3}, calibration={"url": str(bad)})
+    assert main(["plan", p]) == 2
+    assert "stop_at must be in [1, 2]" in capsys.readouterr().err
+
+
+def test_zipit_from_s3_is_bit_identical_to_local_and_deterministic(
+    mlp_pair, tmp_path, ray_session, s3, capsys
+):
+    from raymerge.storage import resolve
+    from tests.helpers import shard_bytes
+
+    _, pa, pb, cal, _ = mlp_pair
+    fs = resolve("s3://zip", {"s3://": s3}).fs
+    fs.mkdir("zip")
+    for name, p in (("a", pa), ("b", pb)):
+        fs.put(p, f"zip/{name}", recursive=True)
+    fs.put(cal, "zip/cal.safetensors")
+    params = {"alpha": 0.3, "beta": 0.5}
+    local = write_cfg(tmp_path, [pa, pb], parameters=params, calibration={"url": cal})
+    run(local, tmp_path / "l1", capsys)
+    run(local, tmp_path / "l2", capsys, "--in-flight", "1")
+    assert shard_bytes(str(tmp_path / "l1")) == shard_bytes(str(tmp_path / "l2"))
+    remote = tmp_path / "remote.json"
+    remote.write_text(
+        json.dumps(
+            {
+                "merge_method": "zipit",
+                "models": [{"model": "s3://zip/a"}, {"model": "s3://zip/b"}],
+                "parameters": params,
+                "calibration": {"url": "s3://zip/cal.safetensors", "shards": 2},
+                "storage_options": {"s3://": s3},
+            }
+        )
+    )
+    run(str(remote), "s3://zip/out", capsys)
+    got = fs.cat_file("zip/out/model-00001-of-00001.safetensors")
+    assert got == shard_bytes(str(tmp_path / "l1"))["model-00001-of-00001.safetensors"]
