@@ -15,7 +15,7 @@ from typing import Any
 
 from raymerge import SUCCESS, RunOptions, load_config, redact, resolve, run_merge, verify_output
 from raymerge.config import MergeConfig
-from raymerge.errors import ConfigError, RaymergeError, VerifyError
+from raymerge.errors import RaymergeError, VerifyError
 from raymerge.options import add_run_arguments, options_from
 from raymerge.summary import print_summary
 
@@ -44,19 +44,11 @@ def parse_run_args(argv: list[str], prog: str) -> argparse.Namespace:
 
 
 def load_job_config(args: argparse.Namespace) -> MergeConfig:
-    """The merge config: a local path (relative to the job's working dir) or any fsspec URL."""
-    if "://" not in args.config:
-        cfg = load_config(args.config)
-    else:
-        import fsspec
-        import yaml
-
-        try:
-            with fsspec.open(args.config, "rt") as f:
-                raw = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([f"cannot read: {exc}"], redact(args.config)) from None
-        cfg = load_config(raw)
+    """The merge config: a local path (relative to the job's working dir) or any fsspec URL;
+    its warnings printed to stderr."""
+    cfg = load_config(args.config, strict=args.strict)
+    for w in cfg.warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     if args.random_seed is not None:
         cfg = cfg.model_copy(update={"random_seed": args.random_seed})
     return cfg
@@ -82,7 +74,7 @@ def merge_and_verify(
         if "tensors" in summary:
             print_summary(summary)
         sys.stdout.flush()
-    out = resolve(out_url, cfg.storage_options)
+    out = resolve(out_url, cfg.storage_options, output=True)
     if not out.fs.exists(out.child(SUCCESS).path):
         raise JobFailed(f"{redact(out_url)}: the merge returned but wrote no {SUCCESS}")
     say(prog, f"verifying {redact(out_url)} against its manifest")
@@ -104,6 +96,9 @@ def guarded(prog: str, fn: Callable[[], int]) -> int:
         return fn()
     except RaymergeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        if getattr(exc, "stuck", False):  # a thread is blocked inside Ray: do not wait for it
+            sys.stdout.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except JobFailed as exc:
         print(f"{prog}: failed: {exc}", file=sys.stderr, flush=True)

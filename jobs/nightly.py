@@ -61,7 +61,7 @@ def nightly(ns: argparse.Namespace, args: argparse.Namespace, now=None) -> int:
     cfg = load_job_config(args)
     opts = run_options(args)
     root_url = ns.output_root.rstrip("/")
-    root = resolve(root_url, cfg.storage_options)
+    root = resolve(root_url, cfg.storage_options, output=True)
     say(PROG, f"reading input headers of {len(cfg.input_refs())} models")
     fp, inputs = runs.input_fingerprint(cfg, load_inputs(cfg), opts.shard_size)
     latest = runs.read_latest(root)
@@ -83,7 +83,7 @@ def nightly(ns: argparse.Namespace, args: argparse.Namespace, now=None) -> int:
     # they changed while the run was reading them).
     from raymerge.manifest import read_manifest
 
-    _, meta = read_manifest(resolve(out_url, cfg.storage_options))
+    _, meta = read_manifest(resolve(out_url, cfg.storage_options, output=True))
     merged_inputs = meta.get("inputs") or inputs
     merged_fp = runs.fingerprint(cfg.hash(), merged_inputs, opts.shard_size)
     if merged_fp != fp:

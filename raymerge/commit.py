@@ -9,20 +9,26 @@ the other side files of the reference model, the model card ``README.md``,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from raymerge import __version__
 from raymerge.card import model_card
 from raymerge.config import MergeConfig
-from raymerge.io.files import write_json, write_small
-from raymerge.io.header import ST_DTYPES
+from raymerge.io.files import read_small, write_small
+from raymerge.io.fingerprint import InputChangedError
 from raymerge.io.reader import INDEX_FILE, ModelLayout
-from raymerge.manifest import build_table, write_manifest
-from raymerge.output import SUCCESS
+from raymerge.io.sinks.base import checksum
+from raymerge.manifest import MANIFEST, build_table, write_manifest
+from raymerge.model_config import rewrite
+from raymerge.output import SUCCESS, is_output_file
 from raymerge.plan import Plan, ShardPlan
 from raymerge.results import JobResult
 from raymerge.storage import Location
+
+MAX_SIDE_FILE_BYTES = 200_000_000  # a tokenizer.json of a 256k vocabulary is ~20 MB
+_TMP = re.compile(r"^.+\.tmp-\d+$")
 
 
 def index_json(shards: Sequence[ShardPlan]) -> dict[str, Any]:
@@ -30,10 +36,6 @@ def index_json(shards: Sequence[ShardPlan]) -> dict[str, Any]:
     total = sum(s.size - len(s.header) for s in shards)
     weight_map = {t: s.name for s in shards for t in s.tensors}
     return {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-
-
-def _torch_dtype_name(st: str) -> str:
-    return ST_DTYPES[st][0]  # torch's name of the dtype, e.g. "bfloat16"
 
 
 def _shard_records(plan: Plan, results: Mapping[int, JobResult]) -> list[dict[str, Any]]:
@@ -49,15 +51,47 @@ def _shard_records(plan: Plan, results: Mapping[int, JobResult]) -> list[dict[st
     ]
 
 
-def _config_json(data: bytes, plan: Plan) -> bytes:
-    """The reference model's config.json, rewritten for the output."""
-    conf = json.loads(data)
-    dtypes = set(plan.tensor_dtypes.values())
-    if len(dtypes) == 1:
-        conf["torch_dtype"] = _torch_dtype_name(dtypes.pop())
-    if plan.num_hidden_layers is not None:
-        conf["num_hidden_layers"] = plan.num_hidden_layers
-    return (json.dumps(conf, indent=2) + "\n").encode()
+def _side_files(plan: Plan, layouts: Sequence[ModelLayout]) -> dict[str, bytes]:
+    """The reference model's side files as the output gets them, each checked to be the
+    version the run was planned from (config.json rewritten for the output)."""
+    out: dict[str, bytes] = {}
+    ref = layouts[0]
+    for name in ref.side_files:
+        loc = ref.location.child(name)
+        data = read_small(loc, MAX_SIDE_FILE_BYTES)
+        planned = ref.files.get(name)
+        if planned is not None and planned.size != len(data):
+            raise InputChangedError(loc.url, f"size {planned.size} -> {len(data)}")
+        if name == "config.json" and plan.tensor_dtypes:
+            conf = rewrite(
+                json.loads(data),
+                tensor_dtypes=plan.tensor_dtypes,
+                layer_map=plan.layer_map,
+                configs=[lay.config for lay in layouts],
+                dequantized=plan.dequantized,
+            )
+            data = (json.dumps(conf, indent=2) + "\n").encode()
+        out[name] = data
+    return out
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def remove_stale(out: Location, written: set[str]) -> list[str]:
+    """Remove what an earlier output left in OUT that this run did not write (old shards of
+    another layout, side files the new reference lacks, temp files of a crashed write)."""
+    gone = []
+    out.fs.invalidate_cache(out.path)
+    for entry in out.fs.ls(out.path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name in written or name == ".raymerge":
+            continue
+        if is_output_file(name) or _TMP.match(name):
+            out.fs.rm(out.child(name).path, recursive=True)
+            gone.append(name)
+    return gone
 
 
 def commit_output(
@@ -69,9 +103,15 @@ def commit_output(
     summary: dict[str, Any],
     run_id: str,
 ) -> None:
-    """Everything after the shards: manifest, side files, card, index, ``_SUCCESS``."""
+    """Everything after the shards: manifest, side files, card, index, ``_SUCCESS``.
+
+    The side files, the card and the index are built first, so the manifest records each one's
+    checksum (``raymerge verify`` checks them); ``_SUCCESS`` pins the manifest's checksum."""
     public = cfg.public_dict()
     fingerprints = [lay.fingerprint() for lay in layouts]
+    files = _side_files(plan, layouts)  # the reference model's: config, tokenizer, ...
+    files["README.md"] = model_card(public, fingerprints, summary).encode()
+    files[INDEX_FILE] = _json_bytes(index_json(plan.shards))
     metadata = {
         "raymerge_version": __version__,
         "config_hash": plan.config_hash,
@@ -80,19 +120,19 @@ def commit_output(
         "inputs": fingerprints,
         "summary": summary,
         "shards": _shard_records(plan, results),
+        "files": {n: {"size": len(d), "checksum": checksum(d)} for n, d in files.items()},
     }
-    write_manifest(out, build_table(plan, results, metadata))
-    ref = layouts[0]  # the reference model: config.json, tokenizer, generation config
-    for name in ref.side_files:
-        data = ref.location.fs.cat_file(ref.location.child(name).path)
-        if name == "config.json" and plan.tensor_dtypes:
-            data = _config_json(data, plan)
+    manifest = write_manifest(out, build_table(plan, results, metadata))
+    for name, data in files.items():
         write_small(out, name, data)
-    write_small(out, "README.md", model_card(public, fingerprints, summary).encode())
-    write_json(out, INDEX_FILE, index_json(plan.shards))
-    write_json(
-        out, SUCCESS, {"run_id": run_id, "config_hash": plan.config_hash, "summary": summary}
-    )
+    remove_stale(out, {*files, MANIFEST, SUCCESS, *(s.name for s in plan.shards)})
+    record = {
+        "run_id": run_id,
+        "config_hash": plan.config_hash,
+        "summary": summary,
+        "manifest": {"size": len(manifest), "checksum": checksum(manifest)},
+    }
+    write_small(out, SUCCESS, _json_bytes(record))
 
 
-__all__ = ["commit_output", "index_json"]
+__all__ = ["commit_output", "index_json", "remove_stale"]

@@ -109,7 +109,7 @@ def _merge_through_s3(workdir: str, refs: list[str], method: str, out: str) -> N
         summary = run_merge(cfg, s3_out, RunOptions())
         print(f"demo: merged into {s3_out}")
         print_summary(summary)
-        report = verify_output(resolve(s3_out, storage_options))
+        report = verify_output(resolve(s3_out, storage_options, output=True))
         print(f"demo: verify OK on S3: {report['pieces']} tensors checked against the manifest")
         fs.get(f"{DEMO_BUCKET}/merged", out, recursive=True)
         print(f"demo: copied the merged model to {out}")
@@ -137,7 +137,7 @@ def run_demo(workdir: str, *, s3: bool = False, method: str = "task_arithmetic")
         summary = run_merge(load_config(path), out, RunOptions())
         print(f"demo: merged into {out}")
         print_summary(summary)
-    report = verify_output(resolve(out))
+    report = verify_output(resolve(out, output=True))
     print(f"demo: verify OK: {report['pieces']} tensors in {out} match the manifest")
     from safetensors import safe_open
 

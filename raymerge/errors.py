@@ -44,3 +44,15 @@ class OutputError(RaymergeError):
 
 class VerifyError(RaymergeError):
     """A finished output does not match its manifest."""
+
+
+class ClusterError(RaymergeError):
+    """The cluster did not answer in time (connecting, starting, a job making no progress):
+    an environment problem, not the input's, so exit code 1. ``stuck``: a thread is still
+    blocked inside Ray, so the process must exit without waiting for it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str = "", stuck: bool = False) -> None:
+        super().__init__(message)
+        self.stuck = stuck

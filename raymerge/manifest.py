@@ -108,20 +108,37 @@ def build_table(plan: Plan, results: Mapping[int, JobResult], metadata: dict[str
     return pa.table(cols, schema=SCHEMA.with_metadata(meta))
 
 
-def write_manifest(out: Location, table: pa.Table) -> None:
+def write_manifest(out: Location, table: pa.Table) -> bytes:
+    """Write ``manifest.parquet``; returns its bytes (``_SUCCESS`` pins their checksum)."""
     from raymerge.io.files import write_small
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_small(out, MANIFEST, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    write_small(out, MANIFEST, data)
+    return data
 
 
 def read_manifest(out: Location) -> tuple[pa.Table, dict[str, Any]]:
-    data = out.fs.cat_file(out.child(MANIFEST).path)
-    table = pq.read_table(pa.BufferReader(data))
-    meta = {
-        k.decode(): json.loads(v)
-        for k, v in (table.schema.metadata or {}).items()
-        if not k.startswith(b"ARROW")
-    }
+    return parse_manifest(out.fs.cat_file(out.child(MANIFEST).path))
+
+
+def parse_manifest(data: bytes) -> tuple[pa.Table, dict[str, Any]]:
+    """The table and the schema metadata of manifest bytes; ValueError if they are not a
+    raymerge manifest."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"not a Parquet file ({str(exc)[:200]})") from None
+    missing = [f.name for f in SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"not a raymerge manifest (no columns {missing[:5]})")
+    try:
+        meta = {
+            k.decode(): json.loads(v)
+            for k, v in (table.schema.metadata or {}).items()
+            if not k.startswith(b"ARROW")
+        }
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"its metadata is not JSON ({str(exc)[:200]})") from None
     return table, meta

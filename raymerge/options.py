@@ -81,6 +81,18 @@ class ExecOptions:
         parse=float,
     )
     max_attempts: int = _opt(3, "attempts per job before the run fails", parse=positive_int)
+    connect_timeout: float = _opt(
+        120.0,
+        "seconds to wait for connecting to the Ray cluster (or starting a local one) and for "
+        "worker actors to start; 0: wait for ever",
+        parse=seconds,
+    )
+    stall_timeout: float = _opt(
+        1800.0,
+        "seconds without any job or statistics task finishing before the run stops (exit 1; a "
+        "stalled cluster, or tasks no node has the resources for); 0: wait for ever",
+        parse=seconds,
+    )
     progress: bool = _opt(True, "no progress output", parse="flag", flag="--no-progress")
     keep_workers: float = _opt(
         0.0,
@@ -226,6 +238,11 @@ def add_run_arguments(
         p.add_argument("out", help="output folder or s3:// URL")
     add_flags(p, RunOptions, plan_only=not execution)
     p.add_argument("--random-seed", type=int, default=None, help="override random_seed")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (config keys and parameters mergekit accepts and ignores) as errors",
+    )
     if execution:
         add_flags(p, ExecOptions)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -1,7 +1,8 @@
 """Per-tensor parameter resolution, mergekit's rules (pure: no I/O, no torch).
 
 A parameter value is a scalar; a list of numbers is a gradient interpolated over the tensor's
-position ``t`` in its layer stack (:func:`evaluate`); a list of ``{filter: substring, value:
+position ``t`` in its layer stack (:func:`evaluate`; ``t``: :func:`raymerge.layers.position`);
+a list of ``{filter: substring, value:
 ...}`` picks the first entry whose filter is a substring of the tensor name (no filter, or
 ``"*"``, matches everything). Precedence: the model's own value > the slice's > the global
 ``parameters`` > the method's default (:func:`resolve_parameters`).
@@ -13,7 +14,6 @@ JSON only at the manifest edge (:meth:`ResolvedParams.as_json`).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,8 +22,6 @@ from raymerge.errors import ConfigError
 
 if TYPE_CHECKING:
     from raymerge.config import MergeConfig
-
-LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -68,17 +66,6 @@ def evaluate(value: Any, tensor_name: str, t: float) -> Any:
         if filt is None or filt == "*" or filt in tensor_name:
             return evaluate(cond["value"], tensor_name, t)
     return None
-
-
-def layer_position(tensor_name: str, num_layers: int) -> float:
-    """mergekit's t for the models form: i / (L - 1) for layer tensors (1 when L == 1); 0 for
-    embeddings, final norm and lm_head."""
-    m = LAYER_RE.search(tensor_name)
-    if not m:
-        return 0.0
-    if num_layers <= 1:
-        return 1.0
-    return int(m.group(1)) / (num_layers - 1)
 
 
 def resolve_parameters(
@@ -147,4 +134,4 @@ def _typed(kind: type, v: Any) -> Any:
     return v
 
 
-__all__ = ["LAYER_RE", "ResolvedParams", "evaluate", "layer_position", "resolve_parameters"]
+__all__ = ["ResolvedParams", "evaluate", "resolve_parameters"]

@@ -15,14 +15,19 @@ from typing import Any
 
 from raymerge.commit import commit_output
 from raymerge.config import MergeConfig
+from raymerge.errors import InputError
 from raymerge.execution.cluster import connect, disconnect
 from raymerge.execution.driver import ExecResult, execute
 from raymerge.execution.zipit_stage import ZipStage
+from raymerge.io.files import DiskFullError
+from raymerge.io.fingerprint import digest
+from raymerge.io.lease import Lease
+from raymerge.io.ranges import fetch
 from raymerge.io.reader import ModelLayout, read_model
 from raymerge.io.sinks import Sink, make_sink
 from raymerge.ledger import Ledger, kept_jobs, plan_hash
 from raymerge.options import MIN_PART_BYTES, RunOptions
-from raymerge.output import Claim, claim_output
+from raymerge.output import Claim, check_not_an_input, claim_output, inspect_output
 from raymerge.plan import Job, Plan, make_plan
 from raymerge.progress import Progress
 from raymerge.results import JobResult
@@ -63,6 +68,7 @@ def build_plan(
         job_bytes=opts.job_bytes,
         min_part_bytes=min_part_bytes,
     )
+    check_copied_tensors(cfg, plan, layouts)
     return plan, layouts
 
 
@@ -80,14 +86,41 @@ class _Run:
     ledger: Ledger
 
 
-def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions) -> _Run:
-    out = resolve(out_url, cfg.storage_options)
+def check_copied_tensors(cfg: MergeConfig, plan: Plan, layouts: list[ModelLayout]) -> None:
+    """Non-float tensors (position ids, masks) are copied, not merged: unless
+    ``non_float_tensors: from_base``, every model's copy must be the same bytes (they are
+    small: read here, before anything is claimed)."""
+    if cfg.non_float_tensors == "from_base":
+        return
+    names = sorted({p.name for p in plan.pieces if p.copy})
+    differ = []
+    for name in names:
+        held = [(lay, lay.tensors[name]) for lay in layouts if name in lay.tensors]
+        data = {
+            bytes(fetch(lay.location, [(t.file, t.start, t.end)], lay.files)[0]) for lay, t in held
+        }
+        if len(data) > 1:
+            differ.append(name)
+    if differ:
+        raise InputError(
+            f"non-float tensors {differ[:5]} (position ids, masks: copied, never merged) differ "
+            "between the models, so no copy is right for all of them. Set "
+            "`non_float_tensors: from_base` in the config to take the base model's"
+        )
+
+
+def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lease) -> _Run:
+    out = lease.out
     # all input validation happens here, before any tensor data is read
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
+    check_not_an_input(out, [lay.location for lay in layouts])
+    inspect_output(out, opts.overwrite)
     zipit = ZipStage.prepare(cfg, plan, layouts)  # reads and checks the calibration file, if any
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
-    claim = claim_output(out, plan.config_hash, layout, opts.overwrite)
+    inputs = [lay.fingerprint() for lay in layouts]
+    lease.acquire()
+    claim = claim_output(out, plan.config_hash, layout, opts.overwrite, inputs, digest(inputs))
     ledger = Ledger(out, layout, interval=opts.ledger_interval)
     return _Run(cfg, out, plan, layouts, zipit, sink, claim, ledger)
 
@@ -114,6 +147,7 @@ def _execute(
         sink=run.sink,
         allow_nonfinite=opts.allow_nonfinite,
         fault=hooks.job_fault,
+        fingerprints=tuple(lay.files for lay in run.layouts),
     )
 
     def done(job: Job, res: JobResult) -> None:
@@ -128,6 +162,11 @@ def _execute(
         result = execute(
             todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs, external=external
         )
+    except DiskFullError:
+        run.ledger.pending.clear()
+        run.ledger.clear()
+        run.sink.discard()  # free the space the staged output holds
+        raise
     finally:
         progress.close()
         run.ledger.flush()
@@ -156,15 +195,26 @@ def run_merge(
     """
     t_start = time.perf_counter()
     driver_retries = storage_retries()
-    run = _plan_and_claim(cfg, out_url, opts)
-    if run.claim.complete is not None:
-        summary = dict(run.claim.complete.get("summary", {}))
-        summary.update(already_complete=True, wall_s=time.perf_counter() - t_start)
-        return summary
+    lease = Lease(resolve(out_url, cfg.storage_options, output=True))
+    try:
+        run = _plan_and_claim(cfg, out_url, opts, lease)
+        if run.claim.complete is not None:
+            summary = dict(run.claim.complete.get("summary", {}))
+            summary.update(already_complete=True, wall_s=time.perf_counter() - t_start)
+            return summary
+        return _run_and_commit(run, opts, hooks or RunHooks(), lease, t_start, driver_retries)
+    finally:
+        lease.release()
+
+
+def _run_and_commit(
+    run: _Run, opts: RunOptions, hooks: RunHooks, lease: Lease, t_start: float, retries0: int
+) -> dict[str, Any]:
     started_ray = connect(opts.execution)
     try:
-        result, results = _execute(run, opts, hooks or RunHooks())
+        result, results = _execute(run, opts, hooks)
         plan = run.plan
+        lease.check()
         run.sink.commit(
             [j.byte_range for j in plan.jobs], {j: r.receipt for j, r in results.items()}
         )
@@ -174,8 +224,8 @@ def run_merge(
         summary["reused_jobs"] = len(results) - len(result.results)
         if run.zipit:
             summary["zipit"] = run.zipit.info
-        summary["storage_retries"] += storage_retries() - driver_retries  # the driver's own
-        commit_output(cfg, run.out, plan, run.layouts, results, summary, run.claim.run_id)
+        summary["storage_retries"] += storage_retries() - retries0  # the driver's own
+        commit_output(run.cfg, run.out, plan, run.layouts, results, summary, run.claim.run_id)
         run.ledger.clear()
         summary["wall_s"] = time.perf_counter() - t_start
         return summary

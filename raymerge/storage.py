@@ -42,12 +42,17 @@ class Location:
     fs: Any
     path: str
     url: str
+    # the reference as written, when it had no protocol and no local path of that name exists,
+    # so it was taken for a Hub repo id (mergekit's `org/name`): errors then speak of the path
+    hub_guess: str | None = None
 
     def child(self, name: str) -> Location:
         """The location ``name`` inside this folder."""
         sep = "" if self.path.endswith("/") else "/"
         usep = "" if self.url.endswith("/") else "/"
-        return Location(self.fs, f"{self.path}{sep}{name}", f"{self.url}{usep}{name}")
+        return Location(
+            self.fs, f"{self.path}{sep}{name}", f"{self.url}{usep}{name}", self.hub_guess
+        )
 
     @property
     def is_local(self) -> bool:
@@ -61,23 +66,39 @@ class Location:
         return p[0] if isinstance(p, (tuple, list)) else p
 
 
-def normalize_ref(ref: str) -> str:
-    """Turn a model reference as written in a config into a URL.
+def normalize_ref(ref: str, *, output: bool = False) -> str:
+    """Turn a model reference as written in a config (or an output) into a URL.
 
-    A reference without a protocol is a local path if it exists; otherwise a string shaped like a
-    Hugging Face repo id (``org/name`` or ``org/name@revision``) means ``hf://org/name``, which
-    is what mergekit users expect. Anything else stays a local path (and fails later with a clear
-    "not found").
+    A reference without a protocol is a local path if it exists. Otherwise an input shaped like
+    a Hugging Face repo id (``org/name`` or ``org/name@revision``) means ``hf://org/name``, as
+    mergekit users expect; when the Hub has no such repo (or cannot be reached) the error is
+    the local path's "not found" (see :func:`not_found`). An output is never a repo id.
     """
     ref = ref.strip()
     if "://" in ref:
         return ref
     expanded = os.path.expanduser(ref)
-    if os.path.exists(expanded):
+    if output or os.path.exists(expanded) or not is_hub_id(ref):
         return os.path.abspath(expanded)
-    if _HF_ID.match(ref) and not ref.startswith((".", "/", "~")):
-        return f"hf://{ref}"
-    return os.path.abspath(expanded)
+    return f"hf://{ref}"
+
+
+def is_hub_id(ref: str) -> bool:
+    """``org/name`` or ``org/name@revision``, not a path-looking string."""
+    return bool(_HF_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
+def not_found(loc: Location, detail: str = "") -> str:
+    """The "model folder not found" message: for a reference taken for a Hub repo id, the
+    local path's message, relative to which folder, and how to name a Hub repo."""
+    if loc.hub_guess is None:
+        return f"{loc.url}: model folder not found"
+    why = f" ({detail})" if detail else ""
+    return (
+        f"{loc.hub_guess}: model folder not found: no such path relative to {os.getcwd()}, and "
+        f"no Hugging Face Hub repo of that name could be read{why}. Give a local path that "
+        f"exists, or name a Hub repo explicitly as hf://{loc.hub_guess}"
+    )
 
 
 def options_for(url: str, storage_options: Mapping[str, Mapping[str, Any]] | None) -> dict:
@@ -89,9 +110,16 @@ def options_for(url: str, storage_options: Mapping[str, Mapping[str, Any]] | Non
     return dict(best[1])
 
 
-def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> Location:
-    """Resolve a model reference or output URL into a :class:`Location`."""
-    url = normalize_ref(ref)
+def resolve(
+    ref: str,
+    storage_options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    output: bool = False,
+) -> Location:
+    """Resolve a model reference (or, with ``output``, an output URL) into a
+    :class:`Location`."""
+    url = normalize_ref(ref, output=output)
+    guess = ref.strip() if url.startswith("hf://") and "://" not in ref else None
     opts = options_for(url, storage_options)
     try:
         import fsspec  # here, not at import: config and planning need no filesystem
@@ -99,7 +127,7 @@ def resolve(ref: str, storage_options: Mapping[str, Mapping[str, Any]] | None = 
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as exc:
         raise InputError(f"{redact(url)}: cannot open this URL: {redact(str(exc))}") from None
-    return Location(fs, path.rstrip("/") or path, url.rstrip("/") or url)
+    return Location(fs, path.rstrip("/") or path, url.rstrip("/") or url, guess)
 
 
 # the counter of the innermost counting_retries() scope of the current context. fsspec runs

@@ -1,8 +1,11 @@
 """``raymerge verify OUT``: prove a finished output matches its manifest.
 
-Checks, in order: ``_SUCCESS`` exists; the index maps exactly the manifest's tensors to their
-shards; every shard's header parses, its checksum matches, and each tensor's dtype, shape and
-offsets equal the manifest's; every tensor/chunk byte range hashes to its recorded checksum.
+Checks, in order: ``_SUCCESS`` exists and pins the manifest's checksum; the index maps exactly
+the manifest's tensors to their shards; the side files (config.json, tokenizer files, model
+card) hash as recorded; OUT holds nothing else (a stray shard would load as part of the model);
+every shard's header parses, its checksum matches, and each tensor's dtype, shape and offsets
+equal the manifest's; every tensor/chunk byte range hashes to its recorded checksum. With
+``--inputs``, every input file is still the version the output was made from.
 Bytes are read in bounded ranges (local reads or concurrent ranged GETs), never a whole shard at
 once, so it works on S3 outputs of any size.
 """
@@ -11,51 +14,154 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from raymerge.errors import InputError, VerifyError
+from raymerge.io.files import read_small
+from raymerge.io.fingerprint import FileFingerprint, differences
 from raymerge.io.ranges import fetch
-from raymerge.io.reader import INDEX_FILE, read_headers
+from raymerge.io.reader import INDEX_FILE, read_headers, read_model
 from raymerge.io.sinks.base import checksum
-from raymerge.manifest import MANIFEST, read_manifest
+from raymerge.manifest import MANIFEST, parse_manifest
 from raymerge.output import SUCCESS
-from raymerge.storage import Location
+from raymerge.redaction import MASK
+from raymerge.storage import Location, resolve
 
 BATCH_BYTES = 256 << 20
 
 
-def verify_output(out: Location) -> dict[str, Any]:
+MAX_RECORD_BYTES = 1 << 30  # _SUCCESS, the index, the manifest: refused beyond this
+
+
+def _small(out: Location, name: str) -> bytes:
+    try:
+        return read_small(out.child(name), MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        raise VerifyError(f"{out.url}: {name} is missing") from None
+    except ValueError as exc:
+        raise VerifyError(f"{out.url}/{name}: {exc}") from None
+
+
+def _json(out: Location, name: str) -> Any:
+    try:
+        obj = json.loads(_small(out, name))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise VerifyError(f"{out.url}/{name}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise VerifyError(f"{out.url}/{name}: not a JSON object")
+    return obj
+
+
+def verify_output(
+    out: Location,
+    *,
+    inputs: bool = False,
+    storage_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Check a finished output against its manifest; raise :class:`VerifyError` at the first
-    mismatch. Returns what was checked (pieces, bytes, shards, config hash)."""
-    fs = out.fs
-    if not fs.exists(out.child(SUCCESS).path):
+    mismatch.
+
+    Args:
+        out: the output folder.
+        inputs: also check that every input file is still the version the output was made
+            from (sizes, ETags/mtimes, header hashes in the manifest).
+        storage_options: fsspec options by URL prefix, for reading the inputs.
+
+    Returns:
+        What was checked (pieces, bytes, shards, files, config hash, inputs).
+    """
+    if not out.fs.exists(out.child(SUCCESS).path):
         raise VerifyError(f"{out.url}: no {SUCCESS} marker: the run did not finish")
-    if not fs.exists(out.child(MANIFEST).path):
-        raise VerifyError(f"{out.url}: {MANIFEST} is missing")
-    table, meta = read_manifest(out)
+    success = _json(out, SUCCESS)
+    data = _small(out, MANIFEST)
+    pinned = success.get("manifest")
+    if pinned and (pinned.get("size") != len(data) or pinned.get("checksum") != checksum(data)):
+        raise VerifyError(f"{out.url}/{MANIFEST}: does not match the checksum {SUCCESS} pins")
+    try:
+        table, meta = parse_manifest(data)
+    except ValueError as exc:
+        raise VerifyError(f"{out.url}/{MANIFEST}: {exc}") from None
     rows = table.to_pylist()
     _check_index(out, rows)
+    files = meta.get("files", {})
+    _check_files(out, files)
     shards = {s["name"]: s for s in meta.get("shards", [])}
+    _check_stray(out, {*files, *shards, MANIFEST, SUCCESS, INDEX_FILE})
     by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_shard[r["shard"]].append(r)
     _check_headers(out, shards, by_shard)
     checked, nbytes = _check_bytes(out, by_shard)
+    n_inputs = check_inputs(meta.get("inputs", []), storage_options) if inputs else 0
     return {
         "pieces": checked,
         "bytes": nbytes,
         "shards": len(shards),
+        "files": len(files),
+        "inputs": n_inputs,
         "config_hash": meta.get("config_hash"),
     }
 
 
 def _check_index(out: Location, rows: list[dict[str, Any]]) -> None:
-    index = json.loads(out.fs.cat_file(out.child(INDEX_FILE).path))
+    index = _json(out, INDEX_FILE)
     want_map = {r["name"]: r["shard"] for r in rows}
     got_map = index.get("weight_map", {})
     if got_map != want_map:
-        bad = sorted(set(got_map.items()) ^ set(want_map.items()))[:5]
+        bad = sorted(set(map(str, got_map.items())) ^ set(map(str, want_map.items())))[:5]
         raise VerifyError(f"{out.url}/{INDEX_FILE}: weight_map differs from the manifest: {bad}")
+
+
+def _check_files(out: Location, files: Mapping[str, Mapping[str, Any]]) -> None:
+    """The side files (config.json, tokenizer, model card, index) hash as recorded."""
+    for name, rec in files.items():
+        data = _small(out, name)
+        if len(data) != rec.get("size") or checksum(data) != rec.get("checksum"):
+            raise VerifyError(
+                f"{out.url}/{name}: changed since the merge (size {len(data)}, manifest says "
+                f"{rec.get('size')}; or its checksum differs)"
+            )
+
+
+def _check_stray(out: Location, expected: set[str]) -> None:
+    """Nothing but what the manifest lists (and raymerge's own folder) is in OUT: a stray shard
+    beside the real ones would load as part of the model."""
+    out.fs.invalidate_cache(out.path)
+    names = {e.rstrip("/").rsplit("/", 1)[-1] for e in out.fs.ls(out.path, detail=False)}
+    stray = sorted(names - expected - {".raymerge"})
+    if stray:
+        raise VerifyError(
+            f"{out.url}: holds files the manifest does not list: {stray[:10]} (a stray shard "
+            "would load as part of the model); remove them or merge into a fresh folder"
+        )
+
+
+def check_inputs(
+    inputs: list[Mapping[str, Any]], storage_options: Mapping[str, Mapping[str, Any]] | None
+) -> int:
+    """Every input file the manifest records is still that version; returns how many."""
+    n = 0
+    for model in inputs:
+        ref = model.get("model", "")
+        if MASK in ref:
+            raise VerifyError(f"{ref}: the reference holds redacted credentials; cannot re-read")
+        try:
+            layout = read_model(ref, resolve(ref, storage_options))
+        except InputError as exc:
+            raise VerifyError(f"input {ref}: {exc}") from None
+        for name, rec in model.get("files", {}).items():
+            then = FileFingerprint.from_record(rec)
+            now = layout.files.get(name)
+            if now is None:
+                raise VerifyError(f"input {ref}/{name}: no longer there")
+            diff = differences(then, now)
+            if diff:
+                raise VerifyError(
+                    f"input {ref}/{name}: changed since the merge ({', '.join(diff)})"
+                )
+            n += 1
+    return n
 
 
 def _check_headers(out: Location, shards: dict[str, Any], by_shard: dict[str, list]) -> None:

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.errors import InputError
+from raymerge.dequant import dequantize
+from raymerge.errors import InputError, RaymergeError
+from raymerge.io.fingerprint import FileFingerprint
 from raymerge.io.header import DTYPES
-from raymerge.io.ranges import decode, fetch
+from raymerge.io.ranges import decode, fetch, recheck_local
 from raymerge.io.sinks.base import checksum
 from raymerge.methods import BLOCK_ELEMENTS, get_method, merge_piece, piece_stats
 from raymerge.methods.base import PieceInfo, Stats
@@ -50,6 +52,11 @@ class JobContext:
     sink: Sink
     allow_nonfinite: bool = False
     fault: FaultHook | None = None
+    # per input: file name -> its planned version (every read proves it reads that version)
+    fingerprints: tuple[Mapping[str, FileFingerprint], ...] = ()
+
+    def expect(self, i: int) -> Mapping[str, FileFingerprint] | None:
+        return self.fingerprints[i] if self.fingerprints else None
 
     @property
     def remote_io(self) -> bool:
@@ -57,31 +64,59 @@ class JobContext:
         return any(not loc.is_local for loc in self.inputs) or self.sink.kind != "local"
 
 
+class NonFiniteError(RaymergeError):
+    """A merge turned finite inputs into NaN/Inf (e.g. an overflowing lambda)."""
+
+
 Cached = Sequence[Sequence[Any] | None]  # per piece: its sources' bytes (None: not held)
 
 
 def read_pieces(
     pieces: Sequence[Piece], ctx: JobContext, cached: Cached | None = None
-) -> tuple[list[list[Any]], int]:
-    """Raw bytes of every source of every piece, in piece and read order; one batch per input.
+) -> tuple[list[list[Any]], list[list[Any]], int]:
+    """Raw bytes of every source of every piece (and of the scales of quantised sources), in
+    piece and read order; one batch per input.
+
     ``cached[pi][k]``, where given and not None, is source k of piece pi already in memory (a
-    chunk kept from an earlier statistics round) and is not read again. Also returns the bytes
-    read from storage."""
-    wanted: dict[int, list[tuple[int, int, tuple[str, int, int]]]] = {}
+    chunk kept from an earlier statistics round) and is not read again (its scales, tiny, are).
+
+    Returns:
+        Per piece its sources' bytes, per piece its sources' scale bytes (None: not quantised),
+        and the bytes read from storage.
+    """
+    wanted: dict[int, list[tuple[int, int, bool, tuple[str, int, int]]]] = {}
     out: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
+    scales: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
     nread = 0
     for pi, p in enumerate(pieces):
         have = cached[pi] if cached else None
         for k, s in enumerate(p.sources):
+            if s.scale is not None:
+                sc = s.scale
+                wanted.setdefault(s.input, []).append((pi, k, True, (sc.file, sc.start, sc.end)))
+                nread += sc.end - sc.start
             if have is not None and have[k] is not None:
                 out[pi][k] = have[k]
                 continue
-            wanted.setdefault(s.input, []).append((pi, k, (s.file, s.start, s.end)))
+            wanted.setdefault(s.input, []).append((pi, k, False, (s.file, s.start, s.end)))
             nread += s.end - s.start
     for i, items in wanted.items():
-        for (pi, k, _), buf in zip(items, fetch(ctx.inputs[i], [r for _, _, r in items])):
-            out[pi][k] = buf
-    return out, nread
+        got = fetch(ctx.inputs[i], [r for *_, r in items], ctx.expect(i))
+        for (pi, k, is_scale, _), buf in zip(items, got):
+            (scales if is_scale else out)[pi][k] = buf
+    return out, scales, nread
+
+
+def recheck_inputs(pieces: Sequence[Piece], ctx: JobContext) -> None:
+    """The local files these pieces were mapped from are still their planned version (their
+    pages were read during the compute, after the checks :func:`fetch` made when mapping)."""
+    used: dict[int, set[str]] = {}
+    for p in pieces:
+        for i, file in p.reads_files:
+            if ctx.inputs[i].is_local:
+                used.setdefault(i, set()).add(file)
+    for i, files in used.items():
+        recheck_local(ctx.inputs[i], files, ctx.expect(i))
 
 
 def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
@@ -96,11 +131,16 @@ def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
     ]
 
 
-def _tensors(p: Piece, raw: list[Any], ctx: JobContext, device: str) -> Iterator[torch.Tensor]:
-    """Decoded inputs in their stored dtype (converted to the math dtype block by block later)."""
-    for s, data in zip(p.sources, raw):
+def _tensors(
+    p: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, device: str
+) -> Iterator[torch.Tensor]:
+    """Decoded inputs in their stored dtype (converted to the math dtype block by block later);
+    quantised ones dequantised to float32 (codes x scales)."""
+    for s, data, sdata in zip(p.sources, raw, scales):
         t = decode(data, s.dtype, p.piece_shape)
-        if not ctx.allow_nonfinite and not finite(t):
+        if s.scale is not None:
+            t = dequantize(t, decode(sdata, s.scale.dtype, s.scale.shape), s.scale)
+        if not p.copy and not ctx.allow_nonfinite and not finite(t):
             raise InputError(
                 f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
                 "values; pass --allow-nonfinite to merge anyway"
@@ -198,15 +238,18 @@ def run_stats(
         The statistics, and the kept bytes (None unless ``keep``).
     """
     with counting_retries() as retries:
-        raws, nread = read_pieces([piece], ctx, [cached])
+        raws, scales, nread = read_pieces([piece], ctx, [cached])
     with compute_lock or nullcontext():
-        stats = _piece_stats(piece, raws[0], ctx, prev, device)
+        stats = _piece_stats(piece, raws[0], scales[0], ctx, prev, device)
+    recheck_inputs([piece], ctx)
     kept = keepable(piece, raws[0], ctx) if keep else None
     return StatsResult(stats, nread, retries[0]), kept
 
 
-def _piece_stats(piece: Piece, raw: list[Any], ctx: JobContext, prev: list[Stats], device: str):
-    base, others = _split(piece, list(_tensors(piece, raw, ctx, device)))
+def _piece_stats(
+    piece: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, prev: list[Stats], device: str
+):
+    base, others = _split(piece, list(_tensors(piece, raw, scales, ctx, device)))
     prev_dev = [{k: v.to(device) for k, v in st.items()} for st in prev]
     part = piece_stats(
         get_method(ctx.method),
@@ -250,14 +293,15 @@ def run_job(
     """
     with counting_retries() as retries:
         t0 = time.perf_counter()
-        raw, nread = read_pieces(job.pieces, ctx, cached)
+        raw, scales, nread = read_pieces(job.pieces, ctx, cached)
         if ctx.fault is not None:
             ctx.fault(job, attempt)
         t_read = time.perf_counter() - t0
         with compute_lock or nullcontext():
             t1 = time.perf_counter()
-            view, checks = _compute(job, raw, ctx, stats, device, external)
+            view, checks = _compute(job, (raw, scales), ctx, stats, device, external)
             t_compute = time.perf_counter() - t1
+        recheck_inputs(job.pieces, ctx)
         t2 = time.perf_counter()
         receipt = ctx.sink.write(job.byte_range, view)
         t_end = time.perf_counter()
@@ -282,13 +326,15 @@ def run_job(
 
 def _compute(
     job: Job,
-    raw: list[list[Any]],
+    read: tuple[list[list[Any]], list[list[Any]]],
     ctx: JobContext,
     stats: Mapping[str, list[Stats]] | None,
     device: str,
     external: Mapping[str, Any] | None,
 ) -> tuple[memoryview, list[str]]:
-    """The job's output bytes (header included) and one checksum per piece."""
+    """The job's output bytes (header included) and one checksum per piece; ``read``: the
+    sources' bytes and their scales' (see :func:`read_pieces`)."""
+    raw, scales = read
     method = get_method(ctx.method)
     math_dtype = DTYPES[ctx.math_dtype][0]
     buf = _out_buffer(job, len(ctx.headers[job.shard]))
@@ -297,15 +343,18 @@ def _compute(
         header = ctx.headers[job.shard]
         view[: len(header)] = header
     checks: list[str] = []
-    for p, p_raw in zip(job.pieces, raw):
-        base, others = _split(p, list(_tensors(p, p_raw, ctx, device)))
+    for p, p_raw, p_scales in zip(job.pieces, raw, scales):
+        lo, hi = p.out_start - job.out_start, p.out_end - job.out_start
+        if p.copy:  # a non-float tensor: its bytes, as they are
+            view[lo:hi] = memoryview(p_raw[0]).cast("B")
+            checks.append(checksum(view[lo:hi]))
+            continue
+        base, others = _split(p, list(_tensors(p, p_raw, p_scales, ctx, device)))
         tensor_stats = None
         if p.n_chunks > 1 and p.rounds:
             tensor_stats = [
                 {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
             ]
-        lo = p.out_start - job.out_start
-        hi = p.out_end - job.out_start
         out_dtype = DTYPES[p.out_dtype][0]
         target = _out_view(buf, lo, hi, out_dtype) if device == "cpu" else None
         merged = merge_piece(
@@ -323,6 +372,12 @@ def _compute(
         if target is None and hi > lo:  # GPU, or an unaligned offset: copy the bytes over
             data = merged.to(dtype=out_dtype).reshape(-1).contiguous().cpu()
             view[lo:hi] = data.view(torch.uint8).numpy().data
+        if not ctx.allow_nonfinite and not finite(target if target is not None else merged):
+            raise NonFiniteError(
+                f"tensor {p.name!r}: the merge produced NaN or Inf values from finite inputs "
+                "(overflow: check the weights and lambda); nothing was committed. Pass "
+                "--allow-nonfinite to write them anyway"
+            )
         checks.append(checksum(view[lo:hi]))
         del base, others, merged, target
     raw.clear()

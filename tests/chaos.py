@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 
 class KillOnce:
@@ -28,6 +29,79 @@ class KillOnce:
         os.write(fd, str(job.id).encode())
         os.close(fd)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RewriteOnce:
+    """A job fault hook: the first job to create ``marker`` rewrites the local file ``path`` in
+    place (``"same-size"``: its last byte flipped; ``"longer-header"``: the header padded with
+    16 spaces, so every offset moves), as a fine-tune updated mid-run would."""
+
+    def __init__(self, marker: str, path: str, how: str = "same-size") -> None:
+        self.marker, self.path, self.how = marker, path, how
+
+    def __call__(self, job, attempt: int) -> None:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        data = bytearray(open(self.path, "rb").read())
+        if self.how == "same-size":
+            data[-1] ^= 0xFF
+        else:
+            n = int.from_bytes(data[:8], "little")
+            data = (
+                bytearray((n + 16).to_bytes(8, "little"))
+                + data[8 : 8 + n]
+                + b" " * 16
+                + data[8 + n :]
+            )
+        time.sleep(0.01)  # a new mtime
+        with open(self.path, "r+b") as f:
+            f.write(data)
+
+
+class ReplaceS3Once:
+    """A job fault hook: the first job to create ``marker`` replaces the S3 object ``key`` with
+    other bytes of the same size (a new ETag)."""
+
+    def __init__(self, marker: str, options: dict, key: str) -> None:
+        self.marker, self.options, self.key = marker, options, key
+
+    def __call__(self, job, attempt: int) -> None:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        import s3fs
+
+        fs = s3fs.S3FileSystem(**self.options)
+        data = bytearray(fs.cat_file(self.key))
+        data[-1] ^= 0xFF
+        fs.pipe_file(self.key, bytes(data))
+
+
+class FullDiskOnce:
+    """A job fault hook: the first job to create ``marker`` turns the staged shards into links
+    to /dev/full, so its write fails with ENOSPC (a disk that filled up mid-run)."""
+
+    def __init__(self, marker: str, staging: str) -> None:
+        self.marker, self.staging = marker, staging
+
+    def __call__(self, job, attempt: int) -> None:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        for name in os.listdir(self.staging):
+            os.remove(os.path.join(self.staging, name))
+            os.symlink("/dev/full", os.path.join(self.staging, name))
+
+
+class SleepForever:
+    """A job fault hook: every job hangs (a stalled node)."""
+
+    def __call__(self, job, attempt: int) -> None:
+        time.sleep(3600)
 
 
 def kill_driver_after(n: int):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import torch
 from safetensors.torch import load_file
 
 from raymerge.config import MergeConfig
+from raymerge.layers import find_stacks, position
 from raymerge.methods import merge_whole
-from raymerge.params import layer_position, resolve_parameters
-from raymerge.plan import num_layers
+from raymerge.params import resolve_parameters
 
 
 def load_model(folder: str) -> dict[str, torch.Tensor]:
@@ -28,13 +27,11 @@ def reference_merge(
     """What the output must be: the kernel applied to whole tensors loaded with safetensors."""
     models = {ref: load_model(ref) for ref in cfg.input_refs()}
     first = models[cfg.input_refs()[0]]
-    conf_path = os.path.join(cfg.input_refs()[0], "config.json")
-    conf = json.load(open(conf_path)) if os.path.exists(conf_path) else None
-    L = num_layers(first, conf)
+    stacks = find_stacks(first)
     method = cfg.method
     out = {}
     for name, t in first.items():
-        params = resolve_parameters(cfg, name, layer_position(name, L))
+        params = resolve_parameters(cfg, name, position(name, stacks))
         wide, per = dict(params.method), list(params.models)
         base = models[cfg.base_model][name].float() if method.base == "required" else None
         xs = [models[m.model][name].float() for m in cfg.merged_models()]

@@ -7,6 +7,7 @@ with no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from raymerge import __version__
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.cmd].main(args)
     except RaymergeError as exc:
-        print(f"raymerge: error: {exc}", file=sys.stderr)
+        print(f"raymerge: error: {exc}", file=sys.stderr, flush=True)
+        if getattr(exc, "stuck", False):  # a thread is blocked inside Ray: do not wait for it
+            sys.stdout.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("raymerge: interrupted", file=sys.stderr)

@@ -18,12 +18,22 @@ def add_parser(sub) -> None:
         "output shards and peak job memory. No tensor data is read.",
     )
     add_run_arguments(p, out=False, execution=False)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the output the run will write (jobs are packed differently for S3, whose "
+        "multipart parts are >= 5 MiB; default: a local folder)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from raymerge.options import MIN_PART_BYTES
     from raymerge.pipeline import build_plan
+    from raymerge.storage import resolve
 
-    plan, _ = build_plan(load(args), options_from(args))
+    cfg = load(args)
+    local = args.out is None or resolve(args.out, cfg.storage_options, output=True).is_local
+    plan, _ = build_plan(cfg, options_from(args), 0 if local else MIN_PART_BYTES)
     s = plan.summary()
     if args.json:
         print(json.dumps(s, indent=2))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from raymerge.options import add_run_arguments, options_from
 from raymerge.summary import print_summary
 
 
 def load(args: argparse.Namespace):
-    """The config the arguments name, with ``--random-seed`` applied."""
+    """The config the arguments name, with ``--random-seed`` applied; its warnings printed
+    (once each) to stderr."""
     from raymerge.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, strict=args.strict)
+    for w in cfg.warnings:
+        print(f"raymerge: warning: {w}", file=sys.stderr)
     if args.random_seed is not None:
         cfg = cfg.model_copy(update={"random_seed": args.random_seed})
     return cfg

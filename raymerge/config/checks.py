@@ -8,6 +8,24 @@ from typing import Any
 from raymerge.config.models import MergeConfig
 from raymerge.methods import REGISTRY
 
+# every parameter name some merge method of mergekit 0.1.5 reads (a YAML key of another
+# method's parameter is ignored by mergekit, so it is a warning here, not an error)
+MERGEKIT_PARAMETERS = frozenset(
+    {
+        "weight", "density", "epsilon", "lambda", "gamma", "normalize", "rescale", "int8_mask",
+        "t", "filter_wise", "scale", "nuslerp_row_wise", "nuslerp_flatten",
+        "normalize_weights", "eps", "max_iter", "tol", "select_topk", "r", "alpha",
+    }
+)  # fmt: skip
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the nearest of ``options``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def _leaves(value: Any, where: str, problems: list[str]) -> list[Any]:
     """The scalar leaves of a parameter value; records shape errors."""
@@ -49,41 +67,65 @@ def groups(cfg: MergeConfig) -> list[tuple[str, list[Any], dict[str, Any] | None
     ]
 
 
-def validate_parameters(cfg: MergeConfig) -> list[str]:
+def validate_parameters(cfg: MergeConfig) -> tuple[list[str], list[str]]:
     """Method-specific checks: unknown or misplaced parameters, missing required ones, ranges,
-    input counts, layer ranges. Returns every problem found, each naming the field."""
+    input counts, layer ranges.
+
+    Returns:
+        Every problem found and every warning (parameters mergekit accepts and ignores), each
+        naming the field.
+    """
     problems: list[str] = []
+    warnings: list[str] = []
     glob = cfg.parameters or {}
-    _check_block(cfg, glob, "parameters", False, problems)
+    _check_block(cfg, glob, "parameters", False, problems, warnings)
     _check_whole_config(cfg, problems)
     for where, entries, slice_params in groups(cfg):
         if slice_params:
             where_sl = where.removesuffix(".sources") + ".parameters"
-            _check_block(cfg, slice_params, where_sl, False, problems)
+            _check_block(cfg, slice_params, where_sl, False, problems, warnings)
         for i, m in enumerate(entries):
-            _check_block(cfg, m.parameters or {}, f"{where}[{i}].parameters", True, problems)
+            where_m = f"{where}[{i}].parameters"
+            _check_block(cfg, m.parameters or {}, where_m, True, problems, warnings)
         _check_inputs(cfg, where, entries, problems)
         if where.startswith("slices"):
             _check_ranges(where, entries, problems)
         _check_required(cfg, where, entries, slice_params or {}, problems)
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
 
 
 def _check_block(
-    cfg: MergeConfig, block: dict[str, Any], where: str, per_model: bool, problems: list[str]
+    cfg: MergeConfig,
+    block: dict[str, Any],
+    where: str,
+    per_model: bool,
+    problems: list[str],
+    warnings: list[str],
 ) -> None:
-    """One parameters block: every key known, in its place, every value in range."""
+    """One parameters block: every key known, in its place, every value in range. A key that
+    is some mergekit method's parameter but not this method's (``weight`` on slerp), or a
+    method-wide parameter set on a model, is what mergekit silently ignores: a warning."""
     method = cfg.method
-    valid = ", ".join(p.name for p in method.params) or "(none)"
+    names = [p.name for p in method.params]
+    valid = ", ".join(names) or "(none)"
     for key, value in block.items():
         spec = method.param(key)
+        if spec is None and key in MERGEKIT_PARAMETERS:
+            warnings.append(
+                f"{where}.{key}: ignored: {method.name} has no parameter {key!r} (mergekit "
+                "accepts it and ignores it too)"
+            )
+            continue
         if spec is None:
-            problems.append(f"{where}.{key}: unknown parameter for {method.name}; valid: {valid}")
+            hint = did_you_mean(key, names)
+            problems.append(
+                f"{where}.{key}: unknown parameter {key!r}{hint} for {method.name}; valid: {valid}"
+            )
             continue
         if per_model and spec.scope == "global":
-            problems.append(
-                f"{where}.{key}: {key!r} is method-wide for {method.name}; set it under the "
-                "top-level (or slice) parameters"
+            warnings.append(
+                f"{where}.{key}: ignored: {key!r} is method-wide for {method.name} (mergekit "
+                "ignores it on a model too); set it under the top-level (or slice) parameters"
             )
             continue
         for leaf in _leaves(value, f"{where}.{key}", problems):
@@ -110,6 +152,8 @@ def _check_whole_config(cfg: MergeConfig, problems: list[str]) -> None:
         problems.append(f"calibration: only used by {users}; remove it for {method.name}")
     if method.base == "required" and not cfg.base_model:
         problems.append(f"base_model: required by {method.name}")
+    if cfg.non_float_tensors == "from_base" and not cfg.base_model:
+        problems.append("non_float_tensors: 'from_base' needs a base_model to copy them from")
 
 
 def _check_inputs(cfg: MergeConfig, where: str, entries: list[Any], problems: list[str]) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from raymerge.methods import REGISTRY, MergeMethod
 from raymerge.redaction import redact
@@ -95,15 +95,37 @@ class MergeConfig(_Strict):
         default=None, description="calibration data (zipit, permute)"
     )
     random_seed: int = Field(default=0, description="seed for randomised methods")
+    non_float_tensors: Literal["identical", "from_base"] = Field(
+        default="identical",
+        description="non-float tensors (position ids, masks) are copied, not merged: "
+        "'identical' requires every model's copy to be the same bytes; 'from_base' takes "
+        "the base model's",
+    )
     storage_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="fsspec options per URL prefix"
     )
+
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the config sets that mergekit accepts and ignores (see ``load_config``)."""
+        return self._warnings
+
+    def with_warnings(self, warnings: tuple[str, ...]) -> MergeConfig:
+        out = self.model_copy()
+        out._warnings = warnings
+        return out
 
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, v: str) -> str:
         if v not in REGISTRY:
-            raise ValueError(f"unknown merge method {v!r}; valid: {', '.join(REGISTRY)}")
+            import difflib
+
+            close = difflib.get_close_matches(v, list(REGISTRY), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown merge method {v!r}{hint}; valid: {', '.join(REGISTRY)}")
         return v
 
     @field_validator("dtype", "out_dtype")

@@ -10,11 +10,13 @@ twice the job slots), so a 2,000-job 70B plan never floods the scheduler or the 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
 
+from raymerge.errors import ClusterError
 from raymerge.execution.pool import Pool
 from raymerge.execution.retry import Decision, decide, user_error
 from raymerge.execution.schedule import Flow, MergeWork, StatsWork, Work
@@ -38,6 +40,7 @@ class Submitter:
         self.num_cpus = 1 / (opts.jobs_per_cpu or (2 if remote_io else 1))
         self.limit = opts.in_flight or int(2 * cpus / self.num_cpus)
         self.max_attempts = opts.max_attempts
+        self.stall_timeout = opts.stall_timeout
         self.retries = 0
         self.pool: Pool | None = None
         if opts.keep_workers > 0 or (gpus and self.num_gpus):
@@ -49,6 +52,14 @@ class Submitter:
         if self.pool is not None:
             slots = len(self.pool.free)
             self.limit = min(slots, opts.in_flight or slots)
+            late = self.pool.wait_ready(opts.connect_timeout or None)
+            if late:
+                self.pool.close()
+                raise ClusterError(
+                    f"timed out after {opts.connect_timeout:.0f} s waiting for worker actors "
+                    f"{late} to start (does the cluster have the CPUs/GPUs they ask for? "
+                    "`ray status` shows pending actors); raise --connect-timeout"
+                )
 
     def _submit(self, kind: TaskKind, opts: dict[str, Any], args: tuple, num_returns: int) -> Any:
         if self.pool is not None:
@@ -76,11 +87,22 @@ class Submitter:
         if self.pool is not None:
             self.pool.close()
 
+    def _stalled(self, pending: dict[Any, tuple[Work, int]]) -> ClusterError:
+        labels = [w.label() for w, _ in list(pending.values())[:3]]
+        more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
+        return ClusterError(
+            f"no job or statistics task finished for {self.stall_timeout:.0f} s (waiting for "
+            f"{'; '.join(labels)}{more}); nothing was committed. Tasks that never start "
+            "usually ask for resources no node has (`ray status` shows them pending); a "
+            "rerun resumes the finished jobs. Raise --stall-timeout for very slow storage"
+        )
+
     def run(self, flow: Flow, on_done: Callable[[Work, Any], None]) -> None:
         """Submit what the flow hands out while fewer than ``limit`` are pending; retry failures
         as :func:`raymerge.execution.retry.decide` says; return when the flow hands out nothing
         and nothing is pending."""
         pending: dict[Any, tuple[Work, int]] = {}
+        last = time.monotonic()  # when work last finished (or the run started)
         try:
             while True:
                 while len(pending) < self.limit:
@@ -92,6 +114,10 @@ class Submitter:
                 if not pending:
                     return
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+                if done:
+                    last = time.monotonic()
+                elif self.stall_timeout and time.monotonic() - last > self.stall_timeout:
+                    raise self._stalled(pending)
                 for ref in done:
                     work, attempt = pending.pop(ref)
                     try:

@@ -19,12 +19,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import xxhash
+
 if TYPE_CHECKING:
     import torch
 
 MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS_PER_FILE = 1_000_000
 MAX_RANK = 16
+MAX_ELEMENTS = 1 << 48  # per tensor, empty dimensions counted as 1 (a 70B embedding is 2^30)
 
 # safetensors dtype name -> (torch dtype name, bytes per element)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -117,6 +120,7 @@ class ShardHeader:
     file_size: int
     tensors: tuple[TensorEntry, ...]
     metadata: dict[str, str] = field(default_factory=dict)
+    digest: str = ""  # xxHash64 of the file's bytes [0, 8 + N): the header's identity
 
     @property
     def data_start(self) -> int:
@@ -178,8 +182,8 @@ def parse_header(raw: bytes, *, file: str, file_size: int) -> ShardHeader:
 
     try:
         obj = json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise HeaderError(file, [f"header is not valid JSON: {exc}"]) from None
+    except (ValueError, RecursionError) as exc:  # also: ints past 4300 digits, deep nesting
+        raise HeaderError(file, [f"header is not valid JSON: {str(exc)[:200]}"]) from None
     if not isinstance(obj, dict):
         raise HeaderError(file, ["header is not a JSON object"])
     if dups:
@@ -214,7 +218,8 @@ def parse_header(raw: bytes, *, file: str, file_size: int) -> ShardHeader:
     if problems:
         raise HeaderError(file, problems)
     entries.sort(key=lambda e: (e.begin, e.end, e.name))
-    return ShardHeader(file, n, file_size, tuple(entries), dict(metadata))
+    digest = xxhash.xxh64(raw[: 8 + n]).hexdigest()
+    return ShardHeader(file, n, file_size, tuple(entries), dict(metadata), digest)
 
 
 def _parse_entry(name: str, info: object, problems: list[str]) -> TensorEntry | None:
@@ -227,7 +232,10 @@ def _parse_entry(name: str, info: object, problems: list[str]) -> TensorEntry | 
         problems.append(f"{where}: unknown fields {sorted(extra)}")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     ok = True
-    if dtype not in ST_DTYPES:
+    if not isinstance(dtype, str):
+        problems.append(f"{where}: dtype {str(dtype)[:100]!r} is not a string")
+        ok = False
+    elif dtype not in ST_DTYPES:
         known = (
             ""
             if dtype not in KNOWN_UNSUPPORTED
@@ -242,7 +250,14 @@ def _parse_entry(name: str, info: object, problems: list[str]) -> TensorEntry | 
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         problems.append(
-            f"{where}: shape {shape!r} is not a list of at most {MAX_RANK} non-negative integers"
+            f"{where}: shape {_short(shape)} is not a list of at most {MAX_RANK} "
+            "non-negative integers"
+        )
+        ok = False
+    elif math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        problems.append(
+            f"{where}: shape {_short(shape)} has more than 2^48 elements (counting empty "
+            "dimensions as 1); no real checkpoint does"
         )
         ok = False
     if (
@@ -266,6 +281,11 @@ def _parse_entry(name: str, info: object, problems: list[str]) -> TensorEntry | 
         )
         return None
     return entry
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _coverage_problems(entries: list[TensorEntry], data_len: int) -> list[str]:

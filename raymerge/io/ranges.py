@@ -9,9 +9,11 @@ turns bytes into tensors without a copy.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fsspec.asyn import AsyncFileSystem
@@ -21,22 +23,48 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
-from raymerge.io.header import DTYPES
+from raymerge.io.fingerprint import (
+    FileFingerprint,
+    InputChangedError,
+    check_same,
+    from_listing,
+    header_hash,
+    local_now,
+)
+from raymerge.io.header import DTYPES, MAX_HEADER_BYTES
 from raymerge.storage import Location
 
 REMOTE_RANGE_BYTES = 32 << 20  # split big remote reads into ranged GETs of this size
 READ_CONCURRENCY = 16
 
 
-def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
-    """Read (file, start, end) ranges of one input. Local files are memory-mapped, not read: one
-    private (copy-on-write) mapping per file spanning the job's ranges, so the bytes come straight
-    from the page cache with no copy and no zero-filled buffer, and a stray write into an input
-    tensor can never reach the file. Remote: large ranges split into ~32 MiB ranged GETs issued
-    concurrently."""
+Expect = Mapping[str, FileFingerprint]  # file name -> the planned version (see io.fingerprint)
+
+
+def fetch(
+    loc: Location, ranges: list[tuple[str, int, int]], expect: Expect | None = None
+) -> list[Any]:
+    """Read (file, start, end) ranges of one input, from the planned versions of its files.
+
+    Local files are memory-mapped, not read: one private (copy-on-write) mapping per file
+    spanning the job's ranges, so the bytes come straight from the page cache with no copy and
+    no zero-filled buffer, and a stray write into an input tensor can never reach the file.
+    Remote: large ranges split into ~32 MiB ranged GETs issued concurrently; on S3 each is
+    conditional on the planned ETag (or version id).
+
+    Args:
+        loc: the input model's folder.
+        ranges: (file name, start, end) byte ranges.
+        expect: the planned fingerprint of each file; None: read whatever is there (outputs).
+
+    Raises:
+        InputChangedError: a file is not the planned version (local files: the pages are mapped
+            lazily, so callers check again with :func:`recheck_local` after using them).
+    """
+    expect = expect or {}
     if loc.is_local:
-        return _map_local(loc, ranges)
-    paths, starts, ends, owner = [], [], [], []
+        return _map_local(loc, ranges, expect)
+    paths, starts, ends, owner, files = [], [], [], [], []
     for k, (file, start, end) in enumerate(ranges):
         pos = start
         while True:
@@ -45,34 +73,143 @@ def fetch(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
             starts.append(pos)
             ends.append(stop)
             owner.append(k)
+            files.append(file)
             pos = stop
             if pos >= end:
                 break
-    parts = read_ranges(loc.fs, paths, starts, ends)
+    if _is_s3(loc.fs) and expect:
+        parts = _s3_conditional(loc, files, paths, starts, ends, expect)
+    else:
+        for file in dict.fromkeys(files):  # other protocols: compare size and ETag/mtime first
+            planned = expect.get(file)
+            if planned is not None:
+                info = loc.fs.info(loc.child(file).path)
+                check_same(f"{loc.url}/{file}", planned, from_listing(info))
+        parts = read_ranges(loc.fs, paths, starts, ends)
     joined: list[list[bytes]] = [[] for _ in ranges]
     for k, part in zip(owner, parts):
         joined[k].append(part)
     return [p[0] if len(p) == 1 else b"".join(p) for p in joined]
 
 
-def _map_local(loc: Location, ranges: list[tuple[str, int, int]]) -> list[Any]:
+def recheck_local(loc: Location, files: set[str] | list[str], expect: Expect) -> None:
+    """Local files used by a job are still their planned version (call after the compute: the
+    mapped pages were read lazily, during it)."""
+    for file in files:
+        planned = expect.get(file)
+        if planned is not None:
+            check_same(f"{loc.url}/{file}", planned, local_now(loc.child(file).path))
+
+
+def _is_s3(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, (list, tuple)) else (fs.protocol,)
+    return bool({"s3", "s3a"} & set(protocol)) and hasattr(fs, "_call_s3")
+
+
+def _s3_conditional(
+    loc: Location, files: list[str], paths: list[str], starts: list[int], ends: list[int],
+    expect: Expect,
+) -> list[bytes]:  # fmt: skip
+    """Ranged GETs of the planned object versions: ``If-Match`` the planned ETag, or the planned
+    version id on versioned buckets; a replaced object fails with :class:`InputChangedError`."""
+    from fsspec.asyn import sync
+    from s3fs.core import _error_wrapper  # s3fs's own retry of dropped bodies, as in cat_file
+
+    fs = loc.fs
+
+    async def one(file: str, path: str, start: int, end: int, gate: asyncio.Semaphore) -> bytes:
+        bucket, key, _ = fs.split_path(path)
+        planned = expect.get(file)
+        cond: dict[str, str] = {}
+        if planned is not None and planned.version_id:
+            cond["VersionId"] = planned.version_id
+        elif planned is not None and planned.etag:
+            cond["IfMatch"] = planned.etag
+
+        async def call_and_read() -> bytes:
+            resp = await fs._call_s3(
+                "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **cond
+            )
+            try:
+                return await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+
+        async with gate:
+            try:
+                data = await _error_wrapper(call_and_read, retries=fs.retries)
+            except OSError as exc:
+                if _precondition_failed(exc):
+                    raise InputChangedError(
+                        f"{loc.url}/{file}", f"its ETag is no longer {planned.etag}"
+                    ) from None
+                raise
+        if len(data) != end - start:
+            raise OSError(f"{path}: short read of range [{start}, {end}): got {len(data)} bytes")
+        return data
+
+    async def all_of() -> list[bytes]:
+        gate = asyncio.Semaphore(READ_CONCURRENCY)
+        return await asyncio.gather(
+            *(one(f, p, s, e, gate) for f, p, s, e in zip(files, paths, starts, ends))
+        )
+
+    return sync(fs.loop, all_of) if paths else []
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    err = getattr(cause, "response", {}).get("Error", {}) if cause is not None else {}
+    return err.get("Code") in ("PreconditionFailed", "412")
+
+
+def _map_local(loc: Location, ranges: list[tuple[str, int, int]], expect: Expect) -> list[Any]:
     by_file: dict[str, list[int]] = {}
     for k, (file, _, _) in enumerate(ranges):
         by_file.setdefault(file, []).append(k)
     out: list[Any] = [None] * len(ranges)
     for file, ks in by_file.items():
         spans = [(ranges[k][1], ranges[k][2]) for k in ks]
-        for k, part in zip(ks, _file_ranges(loc.child(file).path, f"{loc.url}/{file}", spans)):
+        got = _file_ranges(loc.child(file).path, f"{loc.url}/{file}", spans, expect.get(file))
+        for k, part in zip(ks, got):
             out[k] = part
     return out
 
 
-def _file_ranges(path: str, where: str, spans: list[tuple[int, int]]) -> list[Any]:
+# local files whose header this process has checked against the plan: (path, size, mtime, ino)
+_HEADERS_OK: set[tuple[str, int, int, int]] = set()
+
+
+def _check_local(fd: int, path: str, where: str, planned: FileFingerprint | None) -> None:
+    """The open file is the planned version: size, mtime and inode, and (once per process and
+    file version) the header bytes' hash."""
+    if planned is None:
+        return
+    st = os.fstat(fd)
+    check_same(
+        where, planned, FileFingerprint(st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+    )
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if planned.header_xxh is None or key in _HEADERS_OK:
+        return
+    n = int.from_bytes(os.pread(fd, 8, 0), "little")
+    if n > MAX_HEADER_BYTES or 8 + n > st.st_size:
+        raise InputChangedError(where, f"its header length is now {n}")
+    digest = header_hash(os.pread(fd, 8 + n, 0))
+    if digest != planned.header_xxh:
+        raise InputChangedError(where, f"its header hash {planned.header_xxh} -> {digest}")
+    _HEADERS_OK.add(key)
+
+
+def _file_ranges(
+    path: str, where: str, spans: list[tuple[int, int]], planned: FileFingerprint | None
+) -> list[Any]:
     """[start, end) ranges of one local file: views of one mapping spanning them all (it stays
     valid after the file is closed), or, where the filesystem cannot map, fresh reads."""
     lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
     try:
+        _check_local(fd, path, where, planned)
         size = os.fstat(fd).st_size
         if size < hi:  # shrank since planning; a mapping past the end would SIGBUS
             start, end = next((s, e) for s, e in spans if e > size)
@@ -129,4 +266,4 @@ def decode(buf: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ..
     return flat.view(tdtype).reshape(shape)
 
 
-__all__ = ["decode", "fetch", "read_ranges"]
+__all__ = ["decode", "fetch", "read_ranges", "recheck_local"]

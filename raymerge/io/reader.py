@@ -10,11 +10,14 @@ Pickle checkpoints (``.bin``/``.pt``/...) are never opened: unpickling runs arbi
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from raymerge.errors import InputError
+from raymerge.io.fingerprint import FileFingerprint, from_listing
 from raymerge.io.header import (
     HeaderError,
     ShardHeader,
@@ -23,24 +26,36 @@ from raymerge.io.header import (
     parse_header,
 )
 from raymerge.redaction import redact
-from raymerge.storage import Location
+from raymerge.storage import Location, not_found
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Small side files copied from the base model into the output.
+# Small files HF tooling reads next to the weights, copied from the reference model (the base
+# model, else the first): config, generation config, tokenizers of every kind, chat templates in
+# both layouts, processor / preprocessor configs of multimodal models. Never weights, the input's
+# index, pickles or the model card (the output gets its own).
 SIDE_FILES = (
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
     "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
     "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
 )
+SIDE_PATTERN = re.compile(r"^[\w.-]+\.tiktoken$")  # tiktoken vocabularies (Qwen, ...)
 HEADER_PROBE_BYTES = 1 << 16
 _SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 MAX_INDEX_BYTES = 200_000_000
@@ -54,19 +69,21 @@ class ModelLayout:
     location: Location
     tensors: dict[str, TensorSource]
     order: list[str]
-    files: dict[str, dict[str, Any]]  # shards and side files -> {"size", "etag"/"mtime", ...}
+    files: dict[str, FileFingerprint]  # shards (with their header hash) and side files
     config: dict[str, Any] | None
     side_files: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Input identity for the model card and nightly jobs: sizes and ETags/mtimes of shards."""
-        return {"model": redact(self.ref), "files": self.files}
+        """The input's identity for the run record, the manifest, the model card and nightly
+        jobs: every shard's and side file's fingerprint."""
+        files = {name: fp.as_record() for name, fp in sorted(self.files.items())}
+        return {"model": redact(self.ref), "files": files}
 
 
 def _listing(loc: Location) -> dict[str, dict[str, Any]]:
     try:
         if not loc.fs.exists(loc.path):
-            raise InputError(f"{loc.url}: model folder not found")
+            raise InputError(not_found(loc))
         if loc.fs.isfile(loc.path):
             raise InputError(
                 f"{loc.url}: is a file; a model reference is a folder holding "
@@ -77,18 +94,26 @@ def _listing(loc: Location) -> dict[str, dict[str, Any]]:
         raise
     except PermissionError as exc:
         raise InputError(f"{loc.url}: access denied ({type(exc).__name__})") from None
-    except OSError as exc:
-        raise InputError(f"{loc.url}: cannot list the model folder: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a guessed Hub repo fails in many ways offline
+        if loc.hub_guess is not None:
+            raise InputError(not_found(loc, f"{type(exc).__name__}: {exc}"[:300])) from None
+        if isinstance(exc, OSError):
+            raise InputError(f"{loc.url}: cannot list the model folder: {exc}") from None
+        raise
     out: dict[str, dict[str, Any]] = {}
     for e in entries:
         if e.get("type") == "directory":
             continue
         name = e["name"].rstrip("/").rsplit("/", 1)[-1]
-        info = {"size": int(e.get("size") or 0)}
-        for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "blob_id"):
-            if e.get(key) is not None:
-                info[key.lower()] = str(e[key])
-        out[name] = info
+        local = loc.child(name).path if loc.is_local else None
+        regular = e.get("type") == "file" and (
+            local is None or stat.S_ISREG(os.stat(local).st_mode)
+        )
+        out[name] = {
+            "size": int(e.get("size") or 0),
+            "regular": regular,
+            "fp": from_listing(e, local) if regular else FileFingerprint(0),
+        }
     return out
 
 
@@ -138,6 +163,12 @@ def read_model(ref: str, loc: Location) -> ModelLayout:
         refuse_pickles(loc.url, names)
         raise AssertionError("unreachable")
 
+    irregular = [s for s in shard_names if not listing[s]["regular"]]
+    if irregular:
+        raise InputError(
+            f"{loc.url}: {irregular} are not regular files (a FIFO, socket or device?); "
+            "raymerge reads shards only from regular files"
+        )
     headers = read_headers(loc, shard_names, {s: listing[s]["size"] for s in shard_names})
     tensors: dict[str, TensorSource] = {}
     order: list[str] = []
@@ -169,8 +200,10 @@ def read_model(ref: str, loc: Location) -> ModelLayout:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise InputError(f"{loc.url}: inconsistent checkpoint:\n{body}{more}")
     config = _read_json(loc, "config.json", listing) if "config.json" in listing else None
-    side = [f for f in SIDE_FILES if f in listing]
-    files = {s: listing[s] for s in shard_names + side}
+    side = [f for f in SIDE_FILES if f in listing and listing[f]["regular"]]
+    side += sorted(f for f in listing if SIDE_PATTERN.match(f) and listing[f]["regular"])
+    files = {s: listing[s]["fp"].with_header_digest(headers[s].digest) for s in shard_names}
+    files.update({s: listing[s]["fp"] for s in side})
     return ModelLayout(ref, loc, tensors, order, files, config, side)
 
 
@@ -180,8 +213,8 @@ def _read_json(loc: Location, name: str, listing: dict[str, dict[str, Any]]) -> 
         raise InputError(f"{loc.url}/{name}: {size} bytes is too large for a JSON side file")
     try:
         obj = json.loads(loc.fs.cat_file(loc.child(name).path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{loc.url}/{name}: not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{loc.url}/{name}: not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{loc.url}/{name}: expected a JSON object")
     return obj

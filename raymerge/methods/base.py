@@ -68,6 +68,8 @@ class ParamSpec:
         if self.type in (float, int):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be a number, got {value!r}"
+            if not math.isfinite(value):
+                return f"must be a finite number, got {value!r}"
             lo_bad = self.low is not None and (
                 value < self.low or (self.low_open and value == self.low)
             )

@@ -35,11 +35,20 @@ def linear(
     for x, w in zip(tensors, weights):
         acc.add_(x, alpha=w)
     if params["normalize"]:
-        total = sum(weights)
-        if total == 0:
-            raise ValueError("linear: the weights sum to zero, cannot normalize")
-        acc.div_(total)
+        acc.div_(sum(weights))  # never 0: refused at plan time (_check)
     return acc
+
+
+def _check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> list[str]:
+    """Normalising by weights that sum to zero has no answer: a plan-time error."""
+    total = sum(float(p["weight"]) for p in model_params)
+    if params["normalize"] and total == 0:
+        weights = [p["weight"] for p in model_params]
+        return [
+            f"linear: the weights {weights} sum to zero, so normalize: true cannot divide by "
+            "their sum; change a weight or set normalize: false"
+        ]
+    return []
 
 
 LINEAR = MergeMethod(
@@ -54,4 +63,5 @@ LINEAR = MergeMethod(
     work_per_input=0,
     reference="https://arxiv.org/abs/2203.05482",
     doc="weighted average of the models",
+    check=_check,
 )

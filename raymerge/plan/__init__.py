@@ -28,9 +28,17 @@ from raymerge.options import (
     MIN_PART_BYTES,
 )
 from raymerge.params import ResolvedParams, resolve_parameters
-from raymerge.plan.chunking import chunk_bounds, element_source, footprint, make_pieces
+from raymerge.plan.chunking import (
+    Footprint,
+    chunk_bounds,
+    chunk_even,
+    element_source,
+    footprint,
+    make_pieces,
+)
 from raymerge.plan.layout import layout_shards
 from raymerge.plan.packing import JOB_OVERHEAD_BYTES, pack_jobs
+from raymerge.plan.quant import Quantized, detect
 from raymerge.plan.records import Job, Piece, Plan, ShardPlan, Source, shard_name
 from raymerge.plan.specs import (
     TensorSpec,
@@ -57,6 +65,9 @@ def _resolve_all(cfg: MergeConfig, specs: Sequence[TensorSpec]) -> dict[str, Res
     problems: dict[str, list[str]] = {}
     resolved: dict[str, ResolvedParams] = {}
     for spec in specs:
+        if spec.copy:
+            resolved[spec.name] = ResolvedParams({}, ())
+            continue
         _, entries, slice_params = grps[spec.group]
         params = resolve_parameters(cfg, spec.name, spec.t, entries, slice_params)
         if spec.zip is not None:
@@ -105,12 +116,13 @@ def make_plan(
         raise ValueError("one layout per input reference is required")
     _check_sizes(job_memory, job_bytes, shard_size)
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
-    layouts = untie(layouts)
+    layouts, quant = _dequantized(refs, configs, layouts)
+    order = [n for n in order if n in layouts[0]]
     zl = zip_layout(cfg, refs, layouts, configs) if cfg.method.calibration else None
-    specs, out_layers, vocab = tensor_specs(cfg, refs, layouts, order, configs, zl)
-    inputs = _Inputs(layouts, vocab)
-    forced = cfg.out_dtype or cfg.dtype
-    out_dtypes = {s.name: DTYPE_NAMES[forced] if forced else inputs.src(s).dtype for s in specs}
+    found = tensor_specs(cfg, refs, layouts, order, configs, zl)
+    specs, out_layers = found.specs, found.num_hidden_layers
+    inputs = _Inputs(layouts, found.vocab, tuple(quant))
+    out_dtypes = {s.name: _out_dtype(cfg, s, inputs) for s in specs}
     by_name = {s.name: s for s in specs}
 
     # 1. shards
@@ -146,17 +158,38 @@ def make_plan(
         job_bytes=job_bytes,
         min_part_bytes=min_part_bytes,
     )
-    return Plan(
+    plan = Plan(
         run_hash, cfg.method.name, list(refs), out_layers, shards, jobs, out_dtypes, options, zl
     )
+    plan.layer_map = found.layer_map
+    plan.dequantized = any(q is not None for q in quant)
+    return plan
+
+
+def _dequantized(refs, configs, layouts) -> tuple[list[dict], list[Quantized | None]]:
+    """The layouts to merge (without scale tensors: they travel with their weights; tied
+    models' lm_head read from their embeddings), and each input's quantisation."""
+    quant = [detect(r, c, lay) for r, c, lay in zip(refs, configs, layouts)]
+    kept = [
+        {n: s for n, s in lay.items() if q is None or n not in q.skip}
+        for lay, q in zip(layouts, quant)
+    ]
+    return untie(kept), quant
 
 
 @dataclass(frozen=True)
 class _Inputs:
-    """The input layouts, and the tensors whose rows follow the base vocabulary."""
+    """The input layouts, the tensors whose rows follow the base vocabulary, and each input's
+    quantisation."""
 
     layouts: Sequence[dict[str, TensorSource]]
     vocab: set[str]
+    quant: tuple[Quantized | None, ...] = ()
+
+    def quantized(self, spec: TensorSpec, k: int) -> bool:
+        i, name = spec.reads[k]
+        q = self.quant[i] if i < len(self.quant) else None
+        return q is not None and name in q.scales
 
     def src(self, spec: TensorSpec, k: int = 0) -> TensorSource:
         """Read ``k`` of the output tensor (for a vocabulary tensor, read 0 is the base's)."""
@@ -171,6 +204,19 @@ class _Sizing:
     usable: int  # the job memory budget less the fixed per-job allowance
     job_bytes: int
     math_item: int  # bytes per element of the math dtype
+
+
+def _out_dtype(cfg: MergeConfig, spec: TensorSpec, inputs: _Inputs) -> str:
+    """The output dtype: a copied tensor's own; else ``out_dtype``/``dtype``; else the
+    input's (bf16 for dequantised fp8 codes)."""
+    if spec.copy:
+        return inputs.src(spec).dtype
+    forced = cfg.out_dtype or cfg.dtype
+    if forced:
+        return DTYPE_NAMES[forced]
+    if any(inputs.quantized(spec, k) for k in range(len(spec.reads))):
+        return "BF16"
+    return inputs.src(spec).dtype
 
 
 def _math_item(cfg: MergeConfig) -> int:
@@ -190,24 +236,29 @@ def _tensor_pieces(
     method = cfg.method
     shape = inputs.src(spec).shape
     out_item = itemsize(out_dtype)
-    fp = footprint(
-        method,
-        params,
-        shape,
-        [itemsize(inputs.src(spec, k).dtype) for k in range(len(spec.reads))],
-        out_item,
-        len(spec.reads) - int(spec.has_base),
-        sizing.math_item,
-    )
-    bounds = chunk_bounds(
-        method,
-        params,
-        shape,
-        fp,
-        usable=sizing.usable,
-        out_item=out_item,
-        job_bytes=sizing.job_bytes,
-    )
+    # a quantised read holds its codes and, dequantised, their float32 values
+    in_items = [
+        itemsize(inputs.src(spec, k).dtype) + (4 if inputs.quantized(spec, k) else 0)
+        for k in range(len(spec.reads))
+    ]
+    if spec.copy:
+        fp = Footprint(sum(in_items) + out_item, 0)
+        n = max(1, -(-math.prod(shape) * out_item // sizing.job_bytes))
+        bounds = chunk_even(shape, n)
+        rounds = 0
+    else:
+        n_merged = len(spec.reads) - int(spec.has_base)
+        fp = footprint(method, params, shape, in_items, out_item, n_merged, sizing.math_item)
+        bounds = chunk_bounds(
+            method,
+            params,
+            shape,
+            fp,
+            usable=sizing.usable,
+            out_item=out_item,
+            job_bytes=sizing.job_bytes,
+        )
+        rounds = len(method.stat_rounds(params.method, params.models))
     if spec.name in inputs.vocab:  # split where a model's vocabulary ends: base rows follow
         row = math.prod(shape[1:])
         cuts = {inputs.layouts[i][nm].shape[0] * row for i, nm in spec.reads}
@@ -217,15 +268,16 @@ def _tensor_pieces(
         shape,
         bounds,
         lambda e0, e1: tuple(
-            element_source(i, name, inputs.layouts, e0, e1) for i, name in spec.reads
+            element_source(i, name, inputs.layouts, e0, e1, inputs.quant) for i, name in spec.reads
         ),
         out_dtype=out_dtype,
         out_start=out_start,
         has_base=spec.has_base,
         params=params,
         fp=fp,
-        rounds=len(method.stat_rounds(params.method, params.models)),
+        rounds=rounds,
         seed=cfg.random_seed,
+        copy=spec.copy,
     )
 
 

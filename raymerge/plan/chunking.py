@@ -20,7 +20,8 @@ from raymerge.io.header import TensorSource, itemsize
 from raymerge.methods.base import MergeMethod, stat_unit
 from raymerge.methods.engine import BLOCK_ELEMENTS
 from raymerge.params import ResolvedParams
-from raymerge.plan.records import Piece, Source
+from raymerge.plan.quant import Quantized, ScaleOf
+from raymerge.plan.records import Piece, ScaleRange, Source
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ def chunk_bounds(
         n_chunks = max(n_chunks, math.ceil(numel * out_item / job_bytes))
     if (row_local and (len(shape) < 2 or unit != row)) or method.whole:
         n_chunks = 1  # rows must stay whole, and a rank <= 1 tensor is one row
+    return chunk_even(shape, n_chunks)
+
+
+def chunk_even(shape: tuple[int, ...], n_chunks: int) -> list[int]:
+    """Bounds of (at most) ``n_chunks`` pieces of whole stat units, as even as they come."""
+    numel = math.prod(shape)
+    unit = stat_unit(shape)
     units = max(1, math.ceil(numel / unit)) if numel else 1
     n = max(1, min(n_chunks, units))
     per = math.ceil(units / n)
@@ -94,6 +102,7 @@ def make_pieces(
     fp: Footprint,
     rounds: int,
     seed: int,
+    copy: bool = False,
 ) -> list[Piece]:
     """The pieces of one tensor between consecutive ``bounds``; ``source(e0, e1)`` gives the
     input byte ranges of elements [e0, e1)."""
@@ -129,18 +138,49 @@ def make_pieces(
                 block_bytes=min(BLOCK_ELEMENTS, e1 - e0) * fp.block_temp,
                 rounds=rounds,
                 seed=seed,
+                copy=copy,
             )
         )
     return pieces
 
 
 def element_source(
-    i: int, name: str, layouts: Sequence[dict[str, TensorSource]], e0: int, e1: int
+    i: int,
+    name: str,
+    layouts: Sequence[dict[str, TensorSource]],
+    e0: int,
+    e1: int,
+    quant: Sequence[Quantized | None] = (),
 ) -> Source:
     """Elements [e0, e1) of input ``i``'s tensor, or, past the end of its vocabulary
-    (``tokenizer_source: base``), of the base model's (input 0)."""
+    (``tokenizer_source: base``), of the base model's (input 0); with its scales when the
+    tensor is quantised."""
     own = e1 <= math.prod(layouts[i][name].shape)
     j = i if own else 0
     src = layouts[j][name]
     item = itemsize(src.dtype)
-    return Source(j, name, src.file, src.start + e0 * item, src.start + e1 * item, src.dtype)
+    q = quant[j] if j < len(quant) else None
+    scale = _scale_range(src, q.scales[name], e0, e1) if q and name in q.scales else None
+    return Source(j, name, src.file, src.start + e0 * item, src.start + e1 * item, src.dtype, scale)
+
+
+def _scale_range(w: TensorSource, of: ScaleOf, e0: int, e1: int) -> ScaleRange:
+    """The scales elements [e0, e1) of quantised tensor ``w`` need (whole rows, as chunks of
+    2-D tensors are)."""
+    s = of.scale
+    item = itemsize(s.dtype)
+    cols = math.prod(w.shape[1:]) if len(w.shape) > 1 else 1
+    r0, r1 = e0 // cols, -(-e1 // cols)
+    if of.block is None:
+        if math.prod(s.shape) == 1:  # per tensor
+            return ScaleRange(s.file, s.start, s.end, s.dtype, (), None, 0)
+        return ScaleRange(  # per row
+            s.file, s.start + r0 * item, s.start + r1 * item, s.dtype, (r1 - r0,), None, 0
+        )
+    bh, _ = of.block
+    b0, b1 = r0 // bh, -(-r1 // bh)
+    row = s.shape[1] * item
+    return ScaleRange(
+        s.file, s.start + b0 * row, s.start + b1 * row, s.dtype, (b1 - b0, s.shape[1]),
+        of.block, r0 - b0 * bh,
+    )  # fmt: skip

@@ -18,8 +18,25 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ScaleRange:
+    """The scales a quantised piece needs (:mod:`raymerge.plan.quant`): bytes [start, end) of
+    the scale tensor, shaped ``shape``. Block scales (``block = (bh, bw)``) hold the piece's
+    rows from block row ``start_row // bh``; ``skip_rows`` is how many weight rows of the first
+    block precede the piece. ``block=None``: one scale, or one per row of the piece."""
+
+    file: str
+    start: int
+    end: int
+    dtype: str
+    shape: tuple[int, ...]
+    block: tuple[int, int] | None
+    skip_rows: int
+
+
+@dataclass(frozen=True)
 class Source:
-    """Byte range of one piece in one input file (absolute file offsets)."""
+    """Byte range of one piece in one input file (absolute file offsets); ``scale``: for a
+    quantised tensor, where its scales are (the values are codes x scales)."""
 
     input: int
     tensor: str
@@ -27,6 +44,7 @@ class Source:
     start: int
     end: int
     dtype: str
+    scale: ScaleRange | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,13 @@ class Piece:
     block_bytes: int  # temporaries of one block (held once per job, blocks run one at a time)
     rounds: int  # whole-tensor statistics rounds the method needs for this tensor
     seed: int
+    copy: bool = False  # not floating point: the first source's bytes, as they are
+
+    @property
+    def reads_files(self) -> set[tuple[int, str]]:
+        """(input, file) of every byte this piece reads, scales included."""
+        out = {(s.input, s.file) for s in self.sources}
+        return out | {(s.input, s.scale.file) for s in self.sources if s.scale is not None}
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +99,11 @@ class Job:
 
     @property
     def bytes_read(self) -> int:
-        return sum(s.end - s.start for p in self.pieces for s in p.sources)
+        return sum(
+            s.end - s.start + (s.scale.end - s.scale.start if s.scale else 0)
+            for p in self.pieces
+            for s in p.sources
+        )
 
     @property
     def byte_range(self) -> ByteRange:
@@ -108,6 +137,9 @@ class Plan:
     tensor_dtypes: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
     zip_layout: ZipLayout | None = None  # zipit/permute: feature spaces for the statistics stage
+    # per output layer of a frankenmerge: (input index, source layer), for config.json's lists
+    layer_map: tuple[tuple[int, int], ...] | None = None
+    dequantized: bool = False  # quantised inputs were dequantised (drop quantization_config)
 
     @property
     def pieces(self) -> list[Piece]:

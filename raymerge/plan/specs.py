@@ -9,26 +9,24 @@ embedding matrix).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from raymerge.config import InputModel, MergeConfig
 from raymerge.errors import InputError
 from raymerge.io.header import FLOAT_DTYPES, TensorSource
-from raymerge.params import LAYER_RE, layer_position
+from raymerge.layers import find_stacks, position
 from raymerge.zipit.spaces import ZipLayout, ZipTensor, describe
 
 
-def num_layers(layout: dict[str, TensorSource], config: dict[str, Any] | None) -> int:
-    """Layer count: config.json's num_hidden_layers, else 1 + the largest layer index in names."""
-    if config and isinstance(config.get("num_hidden_layers"), int):
-        return config["num_hidden_layers"]
-    idx = [int(m.group(1)) for n in layout if (m := LAYER_RE.search(n))]
-    return max(idx) + 1 if idx else 0
+def num_layers(layout: Mapping[str, TensorSource]) -> int:
+    """Layers of the checkpoint's one layer stack (0 without a stack; the longest of several)."""
+    stacks = find_stacks(layout)
+    return max((st.length for st in stacks.values()), default=0)
 
 
-def _problems_error(what: str, problems: list[str]) -> InputError:
+def problems_error(what: str, problems: list[str]) -> InputError:
     body = "\n".join(f"  - {p}" for p in problems[:30])
     more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
     return InputError(f"{what} ({len(problems)} problems):\n{body}{more}")
@@ -67,15 +65,15 @@ def check_compatible(
             problems.append(
                 f"tensor {n!r}: shape {list(a)} in {refs[0]} but {list(b)} in {ref}{hint}"
             )
-    for ref, lay in zip(refs, layouts):
-        for n, src in lay.items():
-            if src.dtype not in FLOAT_DTYPES:
-                problems.append(
-                    f"tensor {n!r} in {ref} has dtype {src.dtype}; raymerge merges "
-                    "floating-point tensors only"
-                )
+    for n in names0:
+        dtypes = {lay[n].dtype for lay in layouts if n in lay}
+        if dtypes - FLOAT_DTYPES and len(dtypes) > 1:
+            problems.append(
+                f"tensor {n!r} is not floating point and its dtype differs between models "
+                f"({sorted(dtypes)}); it cannot be copied from one of them"
+            )
     if problems:
-        raise _problems_error("the input models are not compatible", problems)
+        raise problems_error("the input models are not compatible", problems)
     return vocab
 
 
@@ -89,9 +87,22 @@ class TensorSpec:
     t: float
     group: int  # index into config.groups() for parameter resolution
     zip: ZipTensor | None = None  # zipit: how the tensor's axes move (raymerge.zipit.spaces)
+    copy: bool = False  # not floating point: the bytes of reads[0] are written as they are
 
 
-def _reads(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
+@dataclass(frozen=True)
+class SpecSet:
+    """All output tensors, in output order, and what the output's config.json needs."""
+
+    specs: list[TensorSpec]
+    num_hidden_layers: int | None  # of the output, when slices set it
+    vocab: set[str]  # tensors whose rows follow the base vocabulary (tokenizer_source: base)
+    layer_map: tuple[tuple[int, int], ...] | None = None  # per output layer: (input, layer)
+
+
+def reads_of(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
+    """(input index, tensor name) of each tensor an output reads (the base first when the
+    method uses one), and whether it has a base."""
     base = cfg.method.base == "required"
     picked = (
         [e for e in entries if e.model == cfg.base_model][:1] if base else []
@@ -106,116 +117,51 @@ def tensor_specs(
     order: Sequence[str],
     configs: Sequence[dict[str, Any] | None],
     zl: ZipLayout | None = None,
-) -> tuple[list[TensorSpec], int | None, set[str]]:
-    """Output tensors in output order, the output layer count when slices set it, and the
-    tensors whose rows follow the base vocabulary (``tokenizer_source: base``). ``zl``: the
-    feature-space layout of a zipit/permute merge (:func:`zip_layout`)."""
+) -> SpecSet:
+    """The output tensors (``zl``: the feature-space layout of a zipit/permute merge,
+    :func:`zip_layout`)."""
     if zl is not None:
         models = [refs.index(m.model) for m in cfg.models or []]
-        return (
-            [
-                TensorSpec(t.name, tuple((models[k], n) for k, n in t.reads), False, 0.0, 0, zip=t)
-                for t in zl.tensors
-            ],
-            None,
-            set(),
-        )
+        specs = [
+            TensorSpec(t.name, tuple((models[k], n) for k, n in t.reads), False, 0.0, 0, zip=t)
+            for t in zl.tensors
+        ]
+        return SpecSet(specs, None, set())
     if cfg.models is not None:
         return _models_specs(cfg, refs, layouts, order, configs)
-    return _slice_specs(cfg, refs, layouts, order, configs)
+    from raymerge.plan.slices import slice_specs
+
+    return slice_specs(cfg, refs, layouts, order)
 
 
-def _models_specs(cfg, refs, layouts, order, configs) -> tuple[list[TensorSpec], None, set[str]]:
-    """The ``models`` form: every output tensor reads the same name in every model."""
+def nonfloat_source(cfg: MergeConfig, refs: list[str]) -> int:
+    """The input whose non-float tensors (position ids, masks) the output copies: the
+    reference (base model, else the first), whose copies every model must match, unless
+    ``non_float_tensors: from_base``."""
+    return refs.index(cfg.base_model) if cfg.base_model else 0
+
+
+def _models_specs(cfg, refs, layouts, order, configs) -> SpecSet:
+    """The ``models`` form: every output tensor reads the same name in every model; its
+    gradient position is its place in its own layer stack (:mod:`raymerge.layers`)."""
     from_base = cfg.tokenizer_source == "base" and bool(cfg.base_model)
     vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
-    L = num_layers(layouts[0], configs[0])
+    stacks = find_stacks(order)
     entries = list(cfg.models)
     if cfg.base_model and cfg.method.base == "required":
         entries = [InputModel(model=cfg.base_model)] + [
             e for e in entries if e.model != cfg.base_model
         ]
+    keep = nonfloat_source(cfg, refs)
     specs = []
     for name in order:
-        reads, has_base = _reads(cfg, refs, entries, lambda e, n=name: n)
-        specs.append(TensorSpec(name, reads, has_base, layer_position(name, L), 0))
-    return specs, None, vocab
-
-
-def _slice_specs(cfg, refs, layouts, order, configs) -> tuple[list[TensorSpec], int, set[str]]:
-    """The ``slices`` form: output layers from the slices' source layers, in order; tensors
-    outside the layers from the first slice (embeddings) or the last (norm, lm_head)."""
-    slices = cfg.slices or []
-    templates = list(
-        dict.fromkeys(LAYER_RE.sub(".layers.{}.", n, count=1) for n in order if LAYER_RE.search(n))
-    )
-    templates = [t if not t.startswith(".") else t[1:] for t in templates]
-    plain = [n for n in order if not LAYER_RE.search(n)]
-    pre = [n for n in plain if "embed" in n]
-    post = [n for n in plain if "embed" not in n]
-    problems: list[str] = []
-    for k, sl in enumerate(slices):
-        for i, src in enumerate(sl.sources):
-            idx = refs.index(src.model)
-            have = num_layers(layouts[idx], configs[idx])
-            if src.layer_range[1] > have:
-                problems.append(
-                    f"slices[{k}].sources[{i}].layer_range: {list(src.layer_range)} is out of "
-                    f"bounds for {src.model} ({have} layers)"
-                )
-    if problems:
-        raise _problems_error("invalid layer ranges", problems)
-    specs: list[TensorSpec] = []
-
-    def add(name: str, k: int, t: float, rename) -> None:
-        reads, has_base = _reads(cfg, refs, list(slices[k].sources), rename)
-        specs.append(TensorSpec(name, reads, has_base, t, k))
-
-    for name in pre:
-        add(name, 0, 0.0, lambda e, n=name: n)
-    out_layer = 0
-    for k, sl in enumerate(slices):
-        n = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
-        for idx in range(n):
-            t = idx / (n - 1) if n > 1 else 1.0
-            for tpl in templates:
-                add(
-                    tpl.format(out_layer),
-                    k,
-                    t,
-                    lambda e, tpl=tpl, idx=idx: tpl.format(e.layer_range[0] + idx),
-                )
-            out_layer += 1
-    for name in post:
-        add(name, len(slices) - 1, 0.0, lambda e, n=name: n)
-    _check_reads(specs, refs, layouts)
-    return specs, out_layer, set()
-
-
-def _check_reads(specs: Sequence[TensorSpec], refs, layouts) -> None:
-    """Every tensor an output reads exists, is a float tensor, and all have one shape."""
-    problems: list[str] = []
-    for spec in specs:
-        shapes = set()
-        for i, src in spec.reads:
-            if src not in layouts[i]:
-                problems.append(
-                    f"tensor {src!r} (for output {spec.name!r}) is missing in {refs[i]}"
-                )
-            else:
-                shapes.add(layouts[i][src].shape)
-                if layouts[i][src].dtype not in FLOAT_DTYPES:
-                    problems.append(
-                        f"tensor {src!r} in {refs[i]} has dtype {layouts[i][src].dtype}; "
-                        "raymerge merges floating-point tensors only"
-                    )
-        if len(shapes) > 1:
-            problems.append(
-                f"output {spec.name!r}: its inputs have different shapes "
-                f"{sorted(map(list, shapes))}"
-            )
-    if problems:
-        raise _problems_error("the slices do not fit the input models", problems)
+        t = position(name, stacks)
+        if layouts[0][name].dtype not in FLOAT_DTYPES:
+            specs.append(TensorSpec(name, ((keep, name),), False, t, 0, copy=True))
+            continue
+        reads, has_base = reads_of(cfg, refs, entries, lambda e, n=name: n)
+        specs.append(TensorSpec(name, reads, has_base, t, 0))
+    return SpecSet(specs, None, vocab)
 
 
 def zip_layout(

@@ -115,3 +115,25 @@ def test_secret_never_printed_or_stored(tmp_path, family, ray_session, s3, capsy
     p.write_text(json.dumps(bad))
     assert main(["plan", str(p)]) == 2
     assert s3["secret"] not in capsys.readouterr().err
+
+
+def test_credentials_refused_on_the_output_bucket_say_so(tmp_path, family, s3, capsys):
+    """A 403 on the output bucket is "access denied", not "bucket does not exist"."""
+    upload(s3, family)
+    with FaultProxy(s3["endpoint_url"], rate=0.0) as proxy:
+        proxy.deny.append("/outbkt")
+        opts = dict(s3, endpoint_url=proxy.url)
+        rc = main(["run", config(tmp_path, opts), "s3://outbkt/x", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "access to bucket 'outbkt' denied" in err, err
+    assert "does not exist" not in err and s3["secret"] not in err
+
+
+def test_a_password_in_a_model_url_is_never_printed(tmp_path, capsys):
+    secret = "pw-DO-NOT-LOG-42"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"merge_method": "linear", "models": [
+        {"model": f"http://user:{secret}@127.0.0.1:9/m", "parameters": {"weight": 1}}]}))  # fmt: skip
+    rc = main(["run", str(cfg), str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and secret not in err and "http://***@127.0.0.1:9/m" in err, err

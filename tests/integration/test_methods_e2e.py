@@ -159,9 +159,9 @@ def test_slerp_over_slices_with_base(tmp_path, family, ray_session, capsys):
                 "merge_method": "ties",
                 "models": ["A"],
                 "base_model": "BASE",
-                "parameters": {"weight": 1, "t": 0.5},
+                "parameters": {"weight": 1, "bogus": 0.5},
             },
-            "parameters.t: unknown parameter for ties; valid: weight, normalize, lambda, int8_mask, density, rescale",
+            "parameters.bogus: unknown parameter 'bogus' for ties; valid: weight, normalize, lambda, int8_mask, density, rescale",
         ),
         (
             {"merge_method": "model_stock", "models": ["A"], "base_model": "BASE"},

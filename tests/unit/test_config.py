@@ -6,7 +6,8 @@ import pytest
 
 from raymerge.config import load_config
 from raymerge.errors import ConfigError
-from raymerge.params import evaluate, layer_position, resolve_parameters
+from raymerge.layers import find_stacks, position
+from raymerge.params import evaluate, resolve_parameters
 
 
 def _split(params):
@@ -54,10 +55,15 @@ def test_all_errors_at_once_name_field_value_and_options():
         )
     text = str(ei.value)
     assert len(ei.value.problems) == 4
-    assert "merge_method: unknown merge method 'tiez'; valid: linear, task_arithmetic, ties" in text
+    assert (
+        "merge_method: unknown merge method 'tiez' (did you mean 'ties'?); valid: linear, " in text
+    )
     assert "dtype: unknown dtype 'fp8'; valid: float32" in text
-    assert "surprise: unknown key; valid keys: merge_method" in text
-    assert "models[0].parametres: unknown key; valid keys: model, parameters" in text
+    assert "surprise: unknown key 'surprise'; valid keys: merge_method" in text
+    assert (
+        "models[0].parametres: unknown key 'parametres' (did you mean 'parameters'?); valid keys: model, parameters"
+        in text
+    )
 
 
 def test_method_parameter_errors_at_once():
@@ -74,11 +80,8 @@ def test_method_parameter_errors_at_once():
         )
     probs = ei.value.problems
     assert (
-        "models[0].parameters.wieght: unknown parameter for task_arithmetic; valid: weight, normalize, lambda, int8_mask, density, rescale"
+        "models[0].parameters.wieght: unknown parameter 'wieght' (did you mean 'weight'?) for task_arithmetic; valid: weight, normalize, lambda, int8_mask, density, rescale"
         in probs
-    )
-    assert any(
-        p.startswith("models[1].parameters.normalize: 'normalize' is method-wide") for p in probs
     )
     assert any(p.startswith("models[1].parameters.weight: a parameter is a scalar") for p in probs)
     assert "parameters.lambda: must be a number, got 'big'" in probs
@@ -154,11 +157,13 @@ def test_evaluate(value, name, t, expected):
 
 
 def test_layer_position_and_precedence():
-    assert layer_position("model.layers.0.mlp.up_proj.weight", 5) == 0.0
-    assert layer_position("model.layers.4.mlp.up_proj.weight", 5) == 1.0
-    assert layer_position("model.embed_tokens.weight", 5) == 0.0
-    assert layer_position("lm_head.weight", 5) == 0.0
-    assert layer_position("model.layers.0.mlp.up_proj.weight", 1) == 1.0  # mergekit: t=1 if L == 1
+    five = find_stacks([f"model.layers.{i}.mlp.up_proj.weight" for i in range(5)])
+    assert position("model.layers.0.mlp.up_proj.weight", five) == 0.0
+    assert position("model.layers.4.mlp.up_proj.weight", five) == 1.0
+    assert position("model.embed_tokens.weight", five) == 0.0
+    assert position("lm_head.weight", five) == 0.0
+    one = find_stacks(["model.layers.0.mlp.up_proj.weight"])
+    assert position("model.layers.0.mlp.up_proj.weight", one) == 1.0  # mergekit: t=1 if L == 1
     cfg = load_config(
         {
             "merge_method": "task_arithmetic",
@@ -187,3 +192,127 @@ def test_hash_ignores_storage_options_and_redacts():
     )
     assert a.hash() == b.hash()
     assert "S3CR3T-VALUE" not in str(b.public_dict())
+
+
+# --------------------------------------------------------------------------- hostile configs
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("models: [{model: a, parameters: {weight: .nan}}, {model: b, parameters: {weight: 1}}]",
+         "models[0].parameters.weight"),
+        ("models: [{model: a, parameters: {weight: .inf}}, {model: b, parameters: {weight: 1}}]",
+         "models[0].parameters.weight"),
+        ("models: [{model: a, parameters: {weight: [0, .nan]}}]", "models[0].parameters.weight"),
+        ("models: [{model: a, parameters: {weight: 1, density: .nan}}]",
+         "models[0].parameters.density"),
+        ("models: [{model: a, parameters: {weight: 1}}]\nparameters: {lambda: .nan}",
+         "parameters.lambda"),
+        ("models: [{model: a, parameters: {weight: 1}}]\nparameters: {lambda: -.inf}",
+         "parameters.lambda"),
+    ],
+)  # fmt: skip
+def test_non_finite_parameters_are_refused(tmp_path, yaml_text, field):
+    """NaN and Inf parameters would give an all-NaN/Inf model that verifies: refused, naming
+    the field."""
+    method = "ties" if "density" in yaml_text or "lambda" in yaml_text else "linear"
+    base = "base_model: z\n" if method == "ties" else ""
+    p = tmp_path / "m.yaml"
+    p.write_text(f"merge_method: {method}\n{base}{yaml_text}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert any(pr.startswith(f"{field}: must be a finite number") for pr in ei.value.problems)
+
+
+def test_slerp_t_nan_is_refused():
+    with pytest.raises(ConfigError, match=r"parameters.t: must be a finite number, got nan"):
+        load_config(
+            {
+                "merge_method": "slerp",
+                "base_model": "b",
+                "models": [{"model": "b"}, {"model": "a"}],
+                "parameters": {"t": float("nan")},
+            }
+        )
+
+
+def test_yaml_alias_bomb_is_refused_fast(tmp_path):
+    """9 levels of nested anchors (a 484-byte file standing for 10^9 nodes) are refused from
+    the expanded size, without expanding them, wherever they sit (here: storage options)."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for k in range(1, 10):
+        lines.append(f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 10) + "]")
+    body = "\n".join(f"  {line}" for line in lines)
+    p = tmp_path / "bomb.yaml"
+    p.write_text(
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\n"
+        f"storage_options:\n  s3://x:\n{body}\n"
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"more than 100000 values once YAML aliases"):
+        load_config(p)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_deep_nesting_and_huge_files_are_refused(tmp_path):
+    deep = {"merge_method": "linear", "models": [{"model": "a"}], "parameters": {}}
+    node = deep["parameters"]
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ConfigError, match=r"nested more than 32 levels deep"):
+        load_config(deep)
+    big = tmp_path / "big.yaml"
+    big.write_text("merge_method: linear\n# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"a merge config is at most 1048576"):
+        load_config(big)
+
+
+def test_an_unknown_top_level_key_hides_no_other_problem():
+    with pytest.raises(ConfigError) as ei:
+        load_config(
+            {
+                "merge_method": "ties",
+                "modles": [],
+                "models": [{"model": "a", "parameters": {"densty": 0.5}}],
+            }
+        )
+    probs = ei.value.problems
+    assert any(p.startswith("modles: unknown key 'modles' (did you mean 'models'?)") for p in probs)
+    assert "base_model: required by ties" in probs
+    assert any(p.startswith("models[0].parameters.densty: unknown parameter") for p in probs)
+    assert any("required by ties for model 'a'" in p for p in probs)  # weight
+
+
+def test_what_mergekit_ignores_is_a_warning_and_an_error_with_strict():
+    """mergekit 0.1.5 accepts and ignores `weight` on slerp (6 of its own test configs use
+    it), a method-wide parameter on a model, and `embed_slerp`: warnings, named once."""
+    body = {
+        "merge_method": "slerp",
+        "base_model": "b",
+        "models": [
+            {"model": "b", "parameters": {"weight": 0.5}},
+            {"model": "a", "parameters": {"weight": 0.5, "t": 0.2}},
+        ],
+        "parameters": {"t": 0.5},
+        "embed_slerp": True,
+    }
+    cfg = load_config(body)
+    assert sorted(cfg.warnings) == sorted(
+        [
+            "embed_slerp: ignored (removed from mergekit in 2025; it has no effect)",
+            "models[0].parameters.weight: ignored: slerp has no parameter 'weight' (mergekit "
+            "accepts it and ignores it too)",
+            "models[1].parameters.weight: ignored: slerp has no parameter 'weight' (mergekit "
+            "accepts it and ignores it too)",
+            "models[1].parameters.t: ignored: 't' is method-wide for slerp (mergekit ignores "
+            "it on a model too); set it under the top-level (or slice) parameters",
+        ]
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_config(body, strict=True)
+    assert len(ei.value.problems) == 4
+    assert all(p.endswith("(an error with --strict)") for p in ei.value.problems)

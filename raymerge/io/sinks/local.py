@@ -8,11 +8,12 @@ files, never a final shard name.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 
-from raymerge.io.files import fsync_dir
+from raymerge.io.files import DiskFullError, fsync_dir
 from raymerge.io.sinks.base import ByteRange, Receipt, ShardSpec
 from raymerge.storage import Location
 
@@ -42,12 +43,23 @@ class LocalSink:
         return os.path.join(self.root, STAGING_DIR, self.shards[shard][0])
 
     def prepare(self, resume: bool = False) -> None:
-        """Create (or, resuming, keep) a preallocated staging file per shard."""
+        """Create (or, resuming, keep) a preallocated staging file per shard; refuse up front
+        when the filesystem cannot hold the output."""
         os.makedirs(os.path.join(self.root, STAGING_DIR), exist_ok=True)
+        fresh = []
         for i, (_, size) in enumerate(self.shards):
             path = self.staging_path(i)
             if resume and os.path.exists(path) and os.path.getsize(path) == size:
                 continue
+            fresh.append((path, size))
+        st = os.statvfs(self.root)
+        need, free = sum(size for _, size in fresh), st.f_bavail * st.f_frsize
+        if need > free:
+            raise DiskFullError(
+                f"{self.root}: the output needs {need} bytes and its filesystem has {free} "
+                "free; free space or choose another output folder"
+            )
+        for path, size in fresh:
             with open(path, "wb") as f:
                 f.truncate(size)
 
@@ -74,12 +86,20 @@ class LocalSink:
         shutil.rmtree(os.path.join(self.root, STAGING_DIR), ignore_errors=True)
 
     def write(self, r: ByteRange, data: memoryview) -> Receipt:
-        fd = os.open(self.staging_path(r.shard), os.O_WRONLY)
+        path = self.staging_path(r.shard)
+        fd = os.open(path, os.O_WRONLY)
         try:
             done = 0
             while done < len(data):
                 done += os.pwrite(fd, data[done:], r.start + done)
             _start_writeback(fd, r.start, len(data))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    f"{path}: disk full writing bytes [{r.start}, {r.end}); nothing was "
+                    "committed and the staged output is removed: free space and rerun"
+                ) from None
+            raise
         finally:
             os.close(fd)
         return None

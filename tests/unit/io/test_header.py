@@ -527,3 +527,36 @@ def test_duplicate_field_inside_entry_names_the_tensor(tmp_path: Path) -> None:
     exc = expect_error(write_raw(tmp_path / "dupfield.safetensors", text, 1))
     assert "tensor 'dtype'" not in str(exc)
     assert "'a'" in str(exc)
+
+
+# ------------------------------------------------------------------------------ hostile headers
+
+
+@pytest.mark.parametrize("dtype", [["F32"], {"F32": 1}, 5, None])
+def test_dtype_that_is_not_a_string_is_a_clear_error(tmp_path: Path, dtype) -> None:
+    exc = expect_error(write_raw(tmp_path / "d.safetensors", {"a": entry(dtype, [1], 0, 4)}, 4))
+    assert exc.problems[0].startswith("tensor 'a': dtype ") and "is not a string" in exc.problems[0]
+
+
+def test_huge_integer_and_deep_nesting_are_clear_errors(tmp_path: Path) -> None:
+    big = write_raw(
+        tmp_path / "big.safetensors", '{"a": {"dtype": "F32", "shape": [' + "9" * 5000 + "]}}"
+    )
+    assert expect_error(big).problems[0].startswith("header is not valid JSON")
+    deep = write_raw(tmp_path / "deep.safetensors", "{" + '"a":[' * 100_000 + "]" * 100_000 + "}")
+    assert expect_error(deep).problems[0].startswith("header is not valid JSON")
+
+
+def test_zero_size_tensor_with_overflowing_dimensions_is_refused(tmp_path: Path) -> None:
+    """[0, 2^70] holds no bytes, but its other dimension overflows every later computation."""
+    exc = expect_error(write_raw(tmp_path / "z.safetensors", {"a": entry("F32", [0, 2**70], 0, 0)}))
+    assert "has more than 2^48 elements" in exc.problems[0]
+
+
+def test_header_digest_is_the_hash_of_the_header_bytes(tmp_path: Path) -> None:
+    import xxhash
+
+    path = write_raw(tmp_path / "h.safetensors", {"a": entry("F32", [2], 0, 8)}, 8)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    assert parse_path(path).digest == xxhash.xxh64(raw[: 8 + n]).hexdigest()

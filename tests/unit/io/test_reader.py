@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from safetensors.torch import save_file
 
 from raymerge.errors import InputError
@@ -158,9 +159,16 @@ def test_single_file_model(tmp_path: Path) -> None:
     assert layout.config == {"model_type": "llama", "hidden_size": 3}
     assert layout.side_files == ["config.json", "tokenizer.json"]
     assert set(layout.files) == {SINGLE_FILE, "config.json", "tokenizer.json"}  # all fingerprinted
-    assert layout.files[SINGLE_FILE]["size"] == (folder / SINGLE_FILE).stat().st_size
+    st = (folder / SINGLE_FILE).stat()
+    shard = layout.files[SINGLE_FILE]
+    assert (shard.size, shard.mtime_ns, shard.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    raw = (folder / SINGLE_FILE).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert shard.header_xxh == xxhash.xxh64(raw[: 8 + n]).hexdigest()  # the header's identity
+    assert layout.files["config.json"].header_xxh is None
     fp = layout.fingerprint()
-    assert fp == {"model": str(folder), "files": layout.files}
+    assert fp["model"] == str(folder)
+    assert fp["files"][SINGLE_FILE] == shard.as_record()
 
 
 def test_single_file_without_config(tmp_path: Path) -> None:
@@ -180,7 +188,7 @@ def test_sharded_model(tmp_path: Path) -> None:
     check_layout(layout, folder, saved)
     assert set(layout.files) == set(SHARDS)
     for shard in SHARDS:
-        assert layout.files[shard]["size"] == (folder / shard).stat().st_size
+        assert layout.files[shard].size == (folder / shard).stat().st_size
     # Order: shards by name, tensors by offset within a shard.
     expected_order = []
     for shard in SHARDS:

@@ -29,11 +29,11 @@ def layout(
     }
 
 
-def cfg3(method="linear"):
+def cfg3(method="linear", **extra):
     models = [{"model": m, "parameters": {"weight": 1.0}} for m in ("a", "b", "c")]
-    d = {"merge_method": method, "models": models}
+    d = {"merge_method": method, "models": models, **extra}
     if method == "task_arithmetic":
-        d = {"merge_method": method, "base_model": "a", "models": models[1:]}
+        d = {"merge_method": method, "base_model": "a", "models": models[1:], **extra}
     return load_config(d)
 
 
@@ -143,10 +143,18 @@ def test_incompatible_models_list_every_difference():
     assert "tensor 'x': shape [2, 2] in a but [2, 3] in b" in text
 
 
-def test_integer_tensors_are_refused():
-    a = layout({"ids": (4,)}, "I64")
-    with pytest.raises(InputError, match="dtype I64; raymerge merges floating-point tensors only"):
-        make_plan(cfg3(), [a] * 3, ["ids"])
+def test_non_float_tensors_are_copied_never_merged():
+    """int64 position ids, bool masks: one copy (of the base model's), in its own dtype, even
+    when out_dtype is set; a dtype that differs between models cannot be copied."""
+    a = {**layout({"ids": (4,)}, "I64"), **layout({"w": (2, 2)})}
+    plan = make_plan(cfg3(out_dtype="float16"), [a] * 3, ["ids", "w"])
+    ids = next(p for p in plan.pieces if p.name == "ids")
+    assert ids.copy and len(ids.sources) == 1 and ids.sources[0].input == 0
+    assert plan.tensor_dtypes == {"ids": "I64", "w": "F16"}
+    assert not next(p for p in plan.pieces if p.name == "w").copy
+    b = {**layout({"ids": (4,)}, "I32"), **layout({"w": (2, 2)})}
+    with pytest.raises(InputError, match=r"'ids' is not floating point and its dtype differs"):
+        make_plan(cfg3(), [a, b, a], ["ids", "w"])
 
 
 def test_params_resolved_per_tensor():
