@@ -3,6 +3,7 @@ the table the CLI prints."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -18,6 +19,10 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def _secs(v: float | None) -> str:
+    return "?" if v is None else f"{v:.2f} s"
 
 
 def fmt_size(n: int) -> str:
@@ -69,6 +74,18 @@ def run_summary(
     }
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started (interpreter start-up included), on Linux."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def print_summary(s: Mapping[str, Any], file: TextIO = sys.stdout) -> None:
     """The summary as an aligned two-column table."""
     rows = [
@@ -78,7 +95,7 @@ def print_summary(s: Mapping[str, Any], file: TextIO = sys.stdout) -> None:
         ("reused from memory", fmt_bytes(s.get("bytes_reused", 0))),
         ("written", fmt_bytes(s["bytes_written"])),
         ("merge time", f"{s['merge_s']:.2f} s"),
-        ("wall time", f"{s['wall_s']:.2f} s"),
+        ("wall time (run / process)", f"{s['wall_s']:.2f} s / {_secs(s.get('process_s'))}"),
         ("throughput", f"read {s['read_gbps']:.2f} GB/s, write {s['write_gbps']:.2f} GB/s"),
         ("peak job memory (planned)", fmt_bytes(s["peak_job_memory_planned"])),
         ("peak worker RSS", fmt_bytes(s["peak_worker_rss"])),

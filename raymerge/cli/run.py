@@ -7,7 +7,7 @@ import json
 import sys
 
 from raymerge.options import add_run_arguments, options_from
-from raymerge.summary import print_summary
+from raymerge.summary import print_summary, process_seconds
 
 
 def load(args: argparse.Namespace):
@@ -37,8 +37,14 @@ def main(args: argparse.Namespace) -> int:
     from raymerge.pipeline import run_merge
 
     summary = run_merge(load(args), args.out, options_from(args))
+    summary["process_s"] = process_seconds()  # with start-up and Ray's shutdown
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif summary.get("already_complete"):
+        print(
+            f"raymerge: {args.out} is already complete: nothing to do (run "
+            f"{summary.get('run_id', '?')}; `raymerge verify {args.out}` re-checks every byte)"
+        )
     else:
         print(f"raymerge: merged into {args.out}")
         print_summary(summary)

@@ -60,8 +60,8 @@ def test_merge_survives_slowdowns_and_dropped_connections(
         assert rc == 0, cap.err
         summary = json.loads(cap.out[cap.out.index("{\n") :])
         assert main(["verify", "s3://fam/out", "--storage-options", json.dumps(opts)]) == 0
-    with capsys.disabled():
-        print(f"\nfault proxy: {proxy.counts}; storage retries in the summary: "
+    print(  # shown in the report of a failing test only
+        f"\nfault proxy: {proxy.counts}; storage retries in the summary: "
               f"{summary['storage_retries']}")  # fmt: skip
     assert summary["storage_retries"] >= 1  # the workers' share of the retried requests
     assert proxy.counts["slowdown"] + proxy.counts["dropped"] >= 3, proxy.counts

@@ -265,8 +265,9 @@ def test_merge_and_nightly_jobs_on_a_ray_cluster(ray_cluster, family, s3, tmp_pa
         assert s3["secret"] not in res.stdout + res.stderr
     record = fs.cat_file(f"{BUCKET}/nightly/{second}/.raymerge/nightly.json").decode()
     assert json.loads(record)["fingerprint"][:8] == second[-8:] and s3["secret"] not in record
-    with capsys.disabled():
-        print("\n" + "\n".join(TIMES))
+    print(  # shown in the report of a failing test only
+        "\n" + "\n".join(TIMES)
+    )
 
 
 def test_keep_workers_reuses_warm_processes_across_drivers(ray_cluster, family, tmp_path):
@@ -300,3 +301,23 @@ def test_keep_workers_reuses_warm_processes_across_drivers(ray_cluster, family, 
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_a_token_cluster_without_the_token_says_what_to_set(ray_cluster, family, tmp_path):
+    """`--address` to a cluster with token authentication, from a shell without
+    RAY_AUTH_MODE=token: one paragraph naming the variables, exit 2, in seconds (ray.init
+    alone retries for ~20 s and ends in an unrelated ConnectionError)."""
+    _, env, address = ray_cluster
+    bare = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    bare["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    cfg = tmp_path / "ta.json"
+    cfg.write_text(json.dumps(task_arithmetic_config(family)))
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "raymerge", "run", str(cfg), str(tmp_path / "out"),
+         "--address", address, "--no-progress"],
+        env=bare, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "requires token authentication" in r.stderr and "RAY_AUTH_MODE=token" in r.stderr
+    assert "Traceback" not in r.stderr and time.monotonic() - t0 < 30
