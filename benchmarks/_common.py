@@ -30,6 +30,16 @@ BENCH_MODEL = {
     "kv_heads": 16,
 }
 
+# The 1B family: 3 Llama-shaped models of 1.08B parameters (2.2 GB of bf16 each).
+ONE_B_MODEL = {
+    "hidden": 2048,
+    "intermediate": 5632,
+    "layers": 16,
+    "vocab": 64000,
+    "heads": 16,
+    "kv_heads": 16,
+}
+
 SCALES: dict[str, dict[str, Any]] = {
     # development: ~4M parameters (8 MB of bf16 per model); small jobs and shards so that even an
     # S3 output (parts >= 5 MiB but a shard's last) is split into several jobs
@@ -60,6 +70,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
     # throughput.py's family with the planner's default job and shard sizes
     "bench": {"model": BENCH_MODEL, "job_bytes": None, "shard_size": None},
+    "1b": {"model": ONE_B_MODEL, "job_bytes": None, "shard_size": None},
 }
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")

@@ -62,8 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import BENCH_MODEL as MODEL
-from _common import build_family, free_port, model_bytes
+from _common import BENCH_MODEL, ONE_B_MODEL, build_family, free_port, model_bytes
 
 try:
     import psutil
@@ -88,11 +87,21 @@ def weight_files(model: Path) -> list[Path]:
     return sorted(model.glob("*.safetensors"))
 
 
-def write_configs(workdir: Path, models: dict[str, Path]) -> dict[str, Path]:
-    """mergekit-style YAMLs (raymerge loads them as-is; mergekit runs the linear one)."""
+FAMILIES = {"bench": BENCH_MODEL, "1b": ONE_B_MODEL}
+
+
+def write_configs(
+    workdir: Path, models: dict[str, Path], linear_of_all: bool = False
+) -> dict[str, Path]:
+    """mergekit-style YAMLs (raymerge loads them as-is; mergekit runs the linear one).
+    ``linear_of_all``: linear averages all three models (the 1B family, as the issue measured),
+    else the two fine-tunes."""
     ft = [{"model": str(models[n]), "parameters": {"weight": 0.5}} for n in ("ft1", "ft2")]
+    lin = ft
+    if linear_of_all:
+        lin = [{"model": str(models[n]), "parameters": {"weight": 1.0}} for n in models]
     configs = {
-        "linear": {"merge_method": "linear", "models": ft, "dtype": "bfloat16"},
+        "linear": {"merge_method": "linear", "models": lin, "dtype": "bfloat16"},
         "task_arithmetic": {
             "merge_method": "task_arithmetic",
             "base_model": str(models["base"]),
@@ -571,7 +580,14 @@ def print_table(floor: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="/tmp/raymerge-bench", help="models, configs, outputs")
+    ap.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="bench",
+        help="bench: 3 x 267M parameters (518 MB bf16 each); 1b: 3 x 1.08B (2.2 GB each; linear "
+        "then averages all three)",
+    )
+    ap.add_argument("--workdir", default=None, help="models, configs, outputs")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     ap.add_argument(
         "--mergekit",
@@ -593,13 +609,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(methods) - set(METHODS):
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}; valid: {', '.join(METHODS)}")
 
-    workdir = Path(args.workdir).resolve()
+    model = FAMILIES[args.family]
+    default_dir = "/tmp/raymerge-bench" + ("" if args.family == "bench" else f"-{args.family}")
+    workdir = Path(args.workdir or default_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    models = build_family(workdir / "models", MODEL)
-    configs = write_configs(workdir, models)
+    models = build_family(workdir / "models", model)
+    configs = write_configs(workdir, models, linear_of_all=args.family == "1b")
     sizes = {n: model_bytes(p) for n, p in models.items()}
     reads = {
-        "linear": sizes["ft1"] + sizes["ft2"],
+        "linear": sum(sizes.values()) if args.family == "1b" else sizes["ft1"] + sizes["ft2"],
         "task_arithmetic": sum(sizes.values()),
         "ties": sum(sizes.values()),
         "dare_ties": sum(sizes.values()),
@@ -694,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             line += "met" if t["mergekit_ok"] else "MISSED"
         print(line + ")")
     report = {
-        "model": MODEL,
+        "model": model,
         "model_bytes": sizes,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),

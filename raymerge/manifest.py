@@ -55,6 +55,10 @@ SCHEMA = pa.schema(
         ("attempt", pa.int32()),
         ("node", pa.string()),
         ("pid", pa.int64()),
+        # per job, on the job's first row (null on its other rows, so sums over rows are sums
+        # over jobs): wall = from the job's start to its last byte written; read, compute and
+        # write are its parts (local inputs are mapped: their page-ins count as compute)
+        ("wall_s", pa.float64()),
         ("read_s", pa.float64()),
         ("compute_s", pa.float64()),
         ("write_s", pa.float64()),
@@ -98,14 +102,17 @@ def build_table(plan: Plan, results: Mapping[int, JobResult], metadata: dict[str
                 "attempt": res.attempt,
                 "node": res.node,
                 "pid": res.pid,
-                "read_s": res.read_s,
-                "compute_s": res.compute_s,
-                "write_s": res.write_s,
+                **_timings(res, first=p is job.pieces[0]),
             }
             for k, v in row.items():
                 cols[k].append(v)
     meta = {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in metadata.items()}
     return pa.table(cols, schema=SCHEMA.with_metadata(meta))
+
+
+def _timings(res: JobResult, first: bool) -> dict[str, float | None]:
+    keys = ("wall_s", "read_s", "compute_s", "write_s")
+    return {k: getattr(res, k) if first else None for k in keys}
 
 
 def write_manifest(out: Location, table: pa.Table) -> bytes:

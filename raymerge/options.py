@@ -57,6 +57,15 @@ def seconds(text: str) -> float:
     return value
 
 
+def _choice(*options: str):
+    def parse(text: str) -> str:
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"{text!r}: one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
 def _opt(default: Any, help: str, *, parse: Any = None, flag: str | None = None, **kw: Any) -> Any:
     """A field with its CLI metadata. ``parse``: argparse type, or "flag" for a switch."""
     meta = {"help": help, "parse": parse, "flag": flag, **kw}
@@ -70,7 +79,23 @@ class ExecOptions:
     address: str | None = _opt(
         None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray started for the run)"
     )
+    executor: str = _opt(
+        "auto",
+        "where jobs run: ray (a cluster, or a local Ray started for the run), local (threads of "
+        "this process, no Ray: fastest for small merges), auto (local when no cluster is given "
+        "and the merge reads at most 8 GB, else ray)",
+        parse=_choice("auto", "ray", "local"),
+        metavar="{auto,ray,local}",
+    )
     num_cpus: int | None = _opt(None, "CPUs of a locally started Ray (default: all)", parse=int)
+    s3_reader: str = _opt(
+        "s3fs",
+        "client of the workers' S3 range reads: s3fs (through fsspec; its retries are counted in "
+        "the summary) or obstore (Rust object_store, pip install obstore: about half the CPU "
+        "per byte; its own retries are not counted)",
+        parse=_choice("s3fs", "obstore"),
+        metavar="{s3fs,obstore}",
+    )
     in_flight: int | None = _opt(
         None, "most jobs submitted at once (default: 2 x the job slots)", parse=positive_int
     )
@@ -261,3 +286,7 @@ __all__ = [
     "parse_size",
     "positive_int",
 ]
+
+
+if __name__ == "__main__":  # python -m raymerge.options: the README's option table
+    print(markdown_table())

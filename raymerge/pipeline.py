@@ -16,9 +16,7 @@ from typing import Any
 from raymerge.commit import commit_output
 from raymerge.config import MergeConfig
 from raymerge.errors import InputError
-from raymerge.execution.cluster import connect, disconnect
-from raymerge.execution.driver import ExecResult, execute
-from raymerge.execution.zipit_stage import ZipStage
+from raymerge.execution.local import execute_local, use_local
 from raymerge.io.files import DiskFullError
 from raymerge.io.fingerprint import digest
 from raymerge.io.lease import Lease
@@ -30,7 +28,7 @@ from raymerge.options import MIN_PART_BYTES, RunOptions
 from raymerge.output import Claim, check_not_an_input, claim_output, inspect_output
 from raymerge.plan import Job, Plan, make_plan
 from raymerge.progress import Progress
-from raymerge.results import JobResult
+from raymerge.results import ExecResult, JobResult
 from raymerge.storage import Location, resolve, storage_retries
 from raymerge.summary import run_summary
 from raymerge.worker import FaultHook, JobContext, peak_rss
@@ -80,7 +78,7 @@ class _Run:
     out: Location
     plan: Plan
     layouts: list[ModelLayout]
-    zipit: ZipStage | None
+    zipit: Any  # raymerge.execution.zipit_stage.ZipStage, for zipit/permute runs
     sink: Sink
     claim: Claim
     ledger: Ledger
@@ -115,7 +113,11 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lea
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
     check_not_an_input(out, [lay.location for lay in layouts])
     inspect_output(out, opts.overwrite)
-    zipit = ZipStage.prepare(cfg, plan, layouts)  # reads and checks the calibration file, if any
+    zipit = None
+    if plan.zip_layout is not None:  # reads and checks the calibration file
+        from raymerge.execution.zipit_stage import ZipStage
+
+        zipit = ZipStage.prepare(cfg, plan, layouts)
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
     inputs = [lay.fingerprint() for lay in layouts]
@@ -126,7 +128,7 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lea
 
 
 def _execute(
-    run: _Run, opts: RunOptions, hooks: RunHooks
+    run: _Run, opts: RunOptions, hooks: RunHooks, local: bool
 ) -> tuple[ExecResult, dict[int, JobResult]]:
     """Prepare the sink, keep what an interrupted run left, run the rest; every job's result."""
     records = run.ledger.load() if run.claim.resume else {}
@@ -148,6 +150,7 @@ def _execute(
         allow_nonfinite=opts.allow_nonfinite,
         fault=hooks.job_fault,
         fingerprints=tuple(lay.files for lay in run.layouts),
+        s3_reader=opts.execution.s3_reader,
     )
 
     def done(job: Job, res: JobResult) -> None:
@@ -159,9 +162,17 @@ def _execute(
 
     external = run.zipit.run(opts.execution) if run.zipit and todo else None
     try:
-        result = execute(
-            todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs, external=external
-        )
+        if local:
+            t0 = time.perf_counter()
+            got, flow = execute_local(todo, ctx, opts.execution, done, plan.jobs, external)
+            seconds = time.perf_counter() - t0
+            result = ExecResult(got, 0, ["local"], seconds, flow.stats_read, flow.stats_retries)
+        else:
+            from raymerge.execution.driver import execute
+
+            result = execute(
+                todo, ctx, opts.execution, on_done=done, all_jobs=plan.jobs, external=external
+            )
     except DiskFullError:
         run.ledger.pending.clear()
         run.ledger.clear()
@@ -210,9 +221,14 @@ def run_merge(
 def _run_and_commit(
     run: _Run, opts: RunOptions, hooks: RunHooks, lease: Lease, t_start: float, retries0: int
 ) -> dict[str, Any]:
-    started_ray = connect(opts.execution)
+    plan = run.plan
+    local = use_local(opts.execution, sum(j.bytes_read for j in plan.jobs), run.zipit is not None)
+    if not local:
+        from raymerge.execution.cluster import connect, disconnect
+
+        started_ray = connect(opts.execution)
     try:
-        result, results = _execute(run, opts, hooks)
+        result, results = _execute(run, opts, hooks, local)
         plan = run.plan
         lease.check()
         run.sink.commit(
@@ -222,6 +238,7 @@ def _run_and_commit(
             plan, result, results, time.perf_counter() - t_start, run.claim.run_id, peak_rss()
         )
         summary["reused_jobs"] = len(results) - len(result.results)
+        summary["executor"] = "local" if local else "ray"
         if run.zipit:
             summary["zipit"] = run.zipit.info
         summary["storage_retries"] += storage_retries() - retries0  # the driver's own
@@ -230,7 +247,8 @@ def _run_and_commit(
         summary["wall_s"] = time.perf_counter() - t_start
         return summary
     finally:
-        disconnect(started_ray)
+        if not local:
+            disconnect(started_ray)
 
 
 __all__ = ["RunHooks", "build_plan", "load_inputs", "run_merge"]

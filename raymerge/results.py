@@ -69,4 +69,17 @@ class StatsResult:
         return replace(self, node=node)
 
 
-__all__ = ["JobResult", "StatsResult"]
+@dataclass
+class ExecResult:
+    """What running a plan's jobs gave: every job's result and the run's counters."""
+
+    results: dict[int, JobResult]
+    retries: int
+    nodes: list[str]
+    seconds: float
+    stats_bytes_read: int = 0  # read from storage by statistics rounds (jobs: in results)
+    stats_storage_retries: int = 0  # storage requests they retried
+    kept_peak_bytes: int = 0  # most chunk bytes held in the object store between reads
+
+
+__all__ = ["ExecResult", "JobResult", "StatsResult"]

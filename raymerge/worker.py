@@ -10,6 +10,7 @@ the job, never on the worker, attempt or timing.
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -54,6 +55,7 @@ class JobContext:
     fault: FaultHook | None = None
     # per input: file name -> its planned version (every read proves it reads that version)
     fingerprints: tuple[Mapping[str, FileFingerprint], ...] = ()
+    s3_reader: str = "s3fs"  # the client of S3 range reads (raymerge.io.ranges.fetch)
 
     def expect(self, i: int) -> Mapping[str, FileFingerprint] | None:
         return self.fingerprints[i] if self.fingerprints else None
@@ -101,7 +103,7 @@ def read_pieces(
             wanted.setdefault(s.input, []).append((pi, k, False, (s.file, s.start, s.end)))
             nread += s.end - s.start
     for i, items in wanted.items():
-        got = fetch(ctx.inputs[i], [r for *_, r in items], ctx.expect(i))
+        got = fetch(ctx.inputs[i], [r for *_, r in items], ctx.expect(i), ctx.s3_reader)
         for (pi, k, is_scale, _), buf in zip(items, got):
             (scales if is_scale else out)[pi][k] = buf
     return out, scales, nread
@@ -132,23 +134,42 @@ def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
 
 
 def _tensors(
-    p: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, device: str
+    p: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, device: str, check: bool = True
 ) -> Iterator[torch.Tensor]:
     """Decoded inputs in their stored dtype (converted to the math dtype block by block later);
-    quantised ones dequantised to float32 (codes x scales)."""
+    quantised ones dequantised to float32 (codes x scales). ``check``: refuse NaN/Inf inputs
+    (unless allowed) now; otherwise the caller checks the result (:func:`_check_result`)."""
     for s, data, sdata in zip(p.sources, raw, scales):
         t = decode(data, s.dtype, p.piece_shape)
         if s.scale is not None:
             t = dequantize(t, decode(sdata, s.scale.dtype, s.scale.shape), s.scale)
-        if not p.copy and not ctx.allow_nonfinite and not finite(t):
-            raise InputError(
-                f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf "
-                "values; pass --allow-nonfinite to merge anyway"
-            )
+        if check and not p.copy and not ctx.allow_nonfinite and not finite(t):
+            _nonfinite_input(p, s, ctx)
         if device == "cpu":
             yield t
         else:  # through page-locked memory (torch caches those blocks): a DMA copy, no staging
             yield t.pin_memory().to(device=device, non_blocking=True)
+
+
+def _nonfinite_input(p: Piece, s: Any, ctx: JobContext) -> None:
+    raise InputError(
+        f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf values; "
+        "pass --allow-nonfinite to merge anyway"
+    )
+
+
+def _check_result(p: Piece, result: torch.Tensor, inputs: list[torch.Tensor], ctx: JobContext):
+    """A non-finite result: from a non-finite input (named), or from the merge itself."""
+    if ctx.allow_nonfinite or finite(result):
+        return
+    for s, t in zip(p.sources, inputs):
+        if not finite(t):
+            _nonfinite_input(p, s, ctx)
+    raise NonFiniteError(
+        f"tensor {p.name!r}: the merge produced NaN or Inf values from finite inputs "
+        "(overflow: check the weights and lambda); nothing was committed. Pass "
+        "--allow-nonfinite to write them anyway"
+    )
 
 
 def finite(t: torch.Tensor) -> bool:
@@ -180,11 +201,23 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+_THREAD = threading.local()
+KEEP_OUT_BYTES = 256 << 20  # output buffers up to this size are reused by the thread's next job
+
+
 def _out_buffer(job: Job, header_len: int) -> torch.Tensor:
     """The job's output bytes as an uninitialised uint8 tensor (no zero-fill pass over memory
     every byte of which is about to be written): the header and the pieces tile the range; any
-    byte they would not cover is zeroed here, so the output never holds stale memory."""
-    buf = torch.empty(job.nbytes, dtype=torch.uint8)
+    byte they would not cover is zeroed here, so the output never holds stale memory.
+
+    The buffer is the thread's, reused job after job: fresh memory would cost a page fault and
+    the kernel's zero-fill per page, for every output byte of every job."""
+    held = getattr(_THREAD, "out", None)
+    if held is not None and held.numel() >= job.nbytes:
+        buf = held[: job.nbytes]
+    else:
+        buf = torch.empty(job.nbytes, dtype=torch.uint8)
+        _THREAD.out = buf if job.nbytes <= KEEP_OUT_BYTES else None
     covered = [(0, header_len)] if job.part == 1 else []
     covered += [(p.out_start - job.out_start, p.out_end - job.out_start) for p in job.pieces]
     pos = 0
@@ -349,7 +382,8 @@ def _compute(
             view[lo:hi] = memoryview(p_raw[0]).cast("B")
             checks.append(checksum(view[lo:hi]))
             continue
-        base, others = _split(p, list(_tensors(p, p_raw, p_scales, ctx, device)))
+        inputs = list(_tensors(p, p_raw, p_scales, ctx, device, not method.nonfinite_propagates))
+        base, others = _split(p, inputs)
         tensor_stats = None
         if p.n_chunks > 1 and p.rounds:
             tensor_stats = [
@@ -372,13 +406,8 @@ def _compute(
         if target is None and hi > lo:  # GPU, or an unaligned offset: copy the bytes over
             data = merged.to(dtype=out_dtype).reshape(-1).contiguous().cpu()
             view[lo:hi] = data.view(torch.uint8).numpy().data
-        if not ctx.allow_nonfinite and not finite(target if target is not None else merged):
-            raise NonFiniteError(
-                f"tensor {p.name!r}: the merge produced NaN or Inf values from finite inputs "
-                "(overflow: check the weights and lambda); nothing was committed. Pass "
-                "--allow-nonfinite to write them anyway"
-            )
+        _check_result(p, target if target is not None else merged, inputs, ctx)
         checks.append(checksum(view[lo:hi]))
-        del base, others, merged, target
+        del base, others, merged, target, inputs
     raw.clear()
     return view, checks

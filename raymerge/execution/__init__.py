@@ -1,6 +1,8 @@
-"""The only code that imports Ray: running a plan's jobs on a cluster.
+"""Running a plan's jobs: on a Ray cluster (the only code that imports Ray), or in-process.
 
 - :mod:`~raymerge.execution.driver`: :func:`execute`, a plan's jobs on the cluster;
+- :mod:`~raymerge.execution.local`: the same jobs on threads of this process (small merges, no
+  Ray);
 - :mod:`~raymerge.execution.cluster`: connect to a cluster, or start a local one;
 - :mod:`~raymerge.execution.schedule`: what runs when (pure; tested without Ray);
 - :mod:`~raymerge.execution.submit`: bounded submission, resources, retries;
@@ -16,7 +18,7 @@ import importlib
 from typing import Any
 
 _API = {
-    "ExecResult": "raymerge.execution.driver",
+    "ExecResult": "raymerge.results",
     "execute": "raymerge.execution.driver",
     "connect": "raymerge.execution.cluster",
     "disconnect": "raymerge.execution.cluster",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -13,19 +12,8 @@ from raymerge.execution.schedule import Flow, MergeWork, Work
 from raymerge.execution.submit import Submitter
 from raymerge.options import ExecOptions
 from raymerge.plan import Job
-from raymerge.results import JobResult
+from raymerge.results import ExecResult, JobResult
 from raymerge.worker import JobContext
-
-
-@dataclass
-class ExecResult:
-    results: dict[int, JobResult]
-    retries: int
-    nodes: list[str]
-    seconds: float
-    stats_bytes_read: int = 0  # read from storage by statistics rounds (jobs: in results)
-    stats_storage_retries: int = 0  # storage requests they retried
-    kept_peak_bytes: int = 0  # most chunk bytes held in the object store between reads
 
 
 def execute(

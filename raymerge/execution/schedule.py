@@ -98,9 +98,21 @@ class StatsArgs:
 @dataclass(frozen=True)
 class JobArgs:
     """How to submit a merge job: the task's arguments (statistics and kept bytes as top-level
-    object arguments, so Ray places the task near them)."""
+    object arguments, so Ray places the task near them): ``(job, ctx, external, attempt,
+    names, which, *statistics of tensors names, *kept bytes of pieces which)``."""
 
     args: tuple[Any, ...]
+
+
+def unpack_job(
+    job: Job, names: tuple[str, ...], which: tuple[int, ...], objs: tuple[Any, ...]
+) -> tuple[dict[str, Any], list[Any]]:
+    """The statistics by tensor name and the kept bytes per piece of a job's arguments."""
+    stats = dict(zip(names, objs[: len(names)]))
+    held: list[Any] = [None] * len(job.pieces)
+    for pi, raw in zip(which, objs[len(names) :]):
+        held[pi] = raw
+    return stats, held
 
 
 def _lpt(j: Job) -> tuple[int, int, int]:
@@ -280,4 +292,13 @@ class Flow:
                 self._drop(t, p.chunk)
 
 
-__all__ = ["Flow", "JobArgs", "MergeWork", "StatsArgs", "StatsWork", "TensorState", "Work"]
+__all__ = [
+    "Flow",
+    "JobArgs",
+    "MergeWork",
+    "StatsArgs",
+    "StatsWork",
+    "TensorState",
+    "Work",
+    "unpack_job",
+]

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from raymerge.execution.schedule import unpack_job
 from raymerge.plan import Job, Piece
 from raymerge.results import JobResult, StatsResult
 from raymerge.worker import JobContext, run_job, run_stats
@@ -40,10 +41,7 @@ def job_body(
 ) -> JobResult:
     """``objs``: the statistics of chunked tensors ``names``, then the kept source bytes of
     pieces ``which`` (object-store arguments: in task mode Ray prefers the node holding them)."""
-    stats = dict(zip(names, objs[: len(names)]))
-    held: list[Any] = [None] * len(job.pieces)
-    for pi, raw in zip(which, objs[len(names) :]):
-        held[pi] = raw
+    stats, held = unpack_job(job, names, which, objs)
     result = run_job(
         job,
         ctx,

@@ -236,6 +236,10 @@ class MergeMethod:
     # external(params): keys of statistics computed before the jobs (not from the tensor's own
     # chunks) that the kernel of this tensor needs, e.g. ZipIt's matchings of its spaces
     external: Callable[[dict[str, Any]], tuple[str, ...]] = _no_external
+    # nonfinite_propagates: a NaN/Inf in any input always makes the result non-finite (plain
+    # weighted sums), so the job checks the result only and looks at the inputs just to name
+    # the culprit: one pass over the output instead of one over every input
+    nonfinite_propagates: bool = False
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

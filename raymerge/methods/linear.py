@@ -19,6 +19,9 @@ else:
     from raymerge._lazy import torch
 
 from raymerge.methods.base import Kernel, MergeMethod, ParamSpec
+from raymerge.methods.steps import scratch, step_ranges
+
+LINEAR_STEP = 1 << 18  # elements per step on CPU: the two step buffers (2 MB) stay in cache
 
 
 def linear(
@@ -26,17 +29,44 @@ def linear(
     tensors: Sequence[torch.Tensor],
     model_params: Sequence[dict[str, Any]],
     params: dict[str, Any],
+    *,
+    math_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
     **_: Any,
 ) -> torch.Tensor:
-    """Weighted sum of ``tensors``; normalised by the weight sum when ``params['normalize']``."""
+    """Weighted sum of ``tensors`` (in their storage dtype), normalised by the weight sum when
+    ``params['normalize']``, into ``out``.
+
+    One pass over the inputs in cache-sized steps: each step of each input is converted into a
+    reused buffer and accumulated as ``0 + w0 x0 + w1 x1 + ...`` (the same operations, so the
+    same bits, as accumulating whole tensors), divided, and written to ``out`` in its dtype."""
     del base  # linear averages the listed models only, like mergekit
     weights = [float(p["weight"]) for p in model_params]
-    acc = torch.zeros_like(tensors[0])
-    for x, w in zip(tensors, weights):
-        acc.add_(x, alpha=w)
-    if params["normalize"]:
-        acc.div_(sum(weights))  # never 0: refused at plan time (_check)
-    return acc
+    md = math_dtype or torch.float32
+    xs = [x.reshape(-1) for x in tensors]
+    n, device = xs[0].numel(), xs[0].device
+    if out is None:
+        out = torch.empty(tensors[0].shape, dtype=md, device=device)
+    res = out.reshape(-1)
+    steps = step_ranges(n, device, LINEAR_STEP)
+    acc, buf = scratch("linear", 2, max((e - s for s, e in steps), default=0), md, device)
+    for s, e in steps:
+        a = res[s:e] if res.dtype == md else acc[: e - s]
+        for j, (x, w) in enumerate(zip(xs, weights)):
+            v = x[s:e] if x.dtype == md else buf[: e - s].copy_(x[s:e])
+            if j == 0:
+                torch.add(_zero(md, device), v, alpha=w, out=a)
+            else:
+                a.add_(v, alpha=w)
+        if params["normalize"]:
+            a.div_(sum(weights))  # never 0: refused at plan time (_check)
+        if a.data_ptr() != res[s:e].data_ptr():
+            res[s:e].copy_(a)
+    return out
+
+
+def _zero(dtype: torch.dtype, device: Any) -> torch.Tensor:
+    return torch.zeros((), dtype=dtype, device=device)
 
 
 def _check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> list[str]:
@@ -53,7 +83,7 @@ def _check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> li
 
 LINEAR = MergeMethod(
     name="linear",
-    kernel=Kernel(linear),
+    kernel=Kernel(linear, inputs="raw"),
     params=(
         ParamSpec("weight", float, "model", required=True, doc="weight of each model"),
         ParamSpec("normalize", bool, "global", default=True, doc="divide by the sum of weights"),
@@ -64,4 +94,5 @@ LINEAR = MergeMethod(
     reference="https://arxiv.org/abs/2203.05482",
     doc="weighted average of the models",
     check=_check,
+    nonfinite_propagates=True,  # 0 * NaN and 0 * Inf are NaN: every input reaches the result
 )

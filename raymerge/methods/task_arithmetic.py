@@ -254,6 +254,8 @@ def _family(
         stat_rounds=partial(stat_rounds, kind),
         row_local=(lambda params: True) if kind is S.DELLA else (lambda params: False),
         **({"check": check_della} if kind is S.DELLA else {}),
+        # without sparsification every input reaches the result (x - base, times w, summed)
+        nonfinite_propagates=kind is S.NONE,
     )
 
 

@@ -70,7 +70,10 @@ def test_a_local_input_rewritten_mid_run_fails_before_commit(tmp_path, family, r
     nothing_committed(out)
 
 
-def test_an_s3_object_replaced_mid_run_fails_before_commit(tmp_path, family, ray_session, s3):
+@pytest.mark.parametrize("reader", ["s3fs", "obstore"])
+def test_an_s3_object_replaced_mid_run_fails_before_commit(
+    tmp_path, family, ray_session, s3, reader
+):
     from raymerge.storage import resolve
 
     fs = resolve("s3://fam", {"s3://": s3}).fs
@@ -81,10 +84,22 @@ def test_an_s3_object_replaced_mid_run_fails_before_commit(tmp_path, family, ray
     key = f"fam/ft1/{sorted(p.name for p in Path(family[1]).glob('model-*'))[0]}"
     hook = tests.chaos.ReplaceS3Once(str(tmp_path / "marker"), dict(s3), key)
     cfg = load_config({**task_arithmetic_config(refs), "storage_options": {"s3://": s3}})
+    opts = small_jobs()
+    opts.execution.s3_reader = reader
+    ref = tmp_path / "ref"
+    run_merge(cfg, str(ref), opts)  # unchanged inputs: the same bytes through either reader
+    assert shard_bytes(str(ref)) == shard_bytes(str(run_local(tmp_path, family)))
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"changed since planning \(its ETag is no longer"):
-        run_merge(cfg, str(out), small_jobs(), RunHooks(job_fault=hook))
+        run_merge(cfg, str(out), opts, RunHooks(job_fault=hook))
     nothing_committed(out)
+
+
+def run_local(tmp_path, family) -> Path:
+    out = tmp_path / "local-ref"
+    if not out.exists():
+        run_merge(cfg_of(family), str(out), small_jobs())
+    return out
 
 
 def test_resume_and_complete_only_while_the_inputs_are_unchanged(tmp_path, family, ray_session):
