@@ -30,8 +30,8 @@ from raymerge.plan import Job, Plan, make_plan
 from raymerge.progress import Progress
 from raymerge.results import ExecResult, JobResult
 from raymerge.storage import Location, resolve, storage_retries
-from raymerge.summary import run_summary
-from raymerge.worker import FaultHook, JobContext, peak_rss
+from raymerge.summary import peak_rss, run_summary
+from raymerge.worker import FaultHook, JobContext
 
 
 @dataclass(frozen=True)

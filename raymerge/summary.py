@@ -4,6 +4,7 @@ the table the CLI prints."""
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -118,3 +119,16 @@ def print_summary(s: Mapping[str, Any], file: TextIO = sys.stdout) -> None:
 
 
 __all__ = ["fmt_bytes", "fmt_size", "print_summary", "run_summary"]
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not
+    inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -9,8 +9,6 @@ the job, never on the worker, attempt or timing.
 
 from __future__ import annotations
 
-import resource
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
 else:
     from raymerge._lazy import torch
 
+from raymerge.buffers import out_buffer, out_view
 from raymerge.dequant import dequantize
 from raymerge.errors import InputError, RaymergeError
 from raymerge.io.fingerprint import FileFingerprint
@@ -35,6 +34,7 @@ from raymerge.methods.base import PieceInfo, Stats
 from raymerge.plan import Job, Piece
 from raymerge.results import JobResult, StatsResult
 from raymerge.storage import Location, counting_retries
+from raymerge.summary import peak_rss
 
 FaultHook = Callable[[Job, int], None]  # (job, attempt): called between a job's read and compute
 
@@ -188,56 +188,6 @@ def finite(t: torch.Tensor) -> bool:
     return True
 
 
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not
-    inherited across exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-_THREAD = threading.local()
-KEEP_OUT_BYTES = 256 << 20  # output buffers up to this size are reused by the thread's next job
-
-
-def _out_buffer(job: Job, header_len: int) -> torch.Tensor:
-    """The job's output bytes as an uninitialised uint8 tensor (no zero-fill pass over memory
-    every byte of which is about to be written): the header and the pieces tile the range; any
-    byte they would not cover is zeroed here, so the output never holds stale memory.
-
-    The buffer is the thread's, reused job after job: fresh memory would cost a page fault and
-    the kernel's zero-fill per page, for every output byte of every job."""
-    held = getattr(_THREAD, "out", None)
-    if held is not None and held.numel() >= job.nbytes:
-        buf = held[: job.nbytes]
-    else:
-        buf = torch.empty(job.nbytes, dtype=torch.uint8)
-        _THREAD.out = buf if job.nbytes <= KEEP_OUT_BYTES else None
-    covered = [(0, header_len)] if job.part == 1 else []
-    covered += [(p.out_start - job.out_start, p.out_end - job.out_start) for p in job.pieces]
-    pos = 0
-    for lo, hi in sorted(covered):
-        if lo > pos:
-            buf[pos:lo] = 0
-        pos = max(pos, hi)
-    if pos < job.nbytes:
-        buf[pos:] = 0
-    return buf
-
-
-def _out_view(buf: torch.Tensor, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """A flat tensor aliasing buf[lo:hi], if the offset is aligned for ``dtype``."""
-    item = torch.empty(0, dtype=dtype).element_size()
-    if hi == lo or lo % item:
-        return None
-    return buf[lo:hi].view(dtype)
-
-
 def _split(p: Piece, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     return (tensors[0], tensors[1:]) if p.has_base else (None, tensors)
 
@@ -370,7 +320,7 @@ def _compute(
     raw, scales = read
     method = get_method(ctx.method)
     math_dtype = DTYPES[ctx.math_dtype][0]
-    buf = _out_buffer(job, len(ctx.headers[job.shard]))
+    buf = out_buffer(job, len(ctx.headers[job.shard]))
     view = memoryview(buf.numpy())
     if job.part == 1:
         header = ctx.headers[job.shard]
@@ -390,7 +340,7 @@ def _compute(
                 {k: v.to(device) for k, v in st.items()} for st in (stats or {})[p.name]
             ]
         out_dtype = DTYPES[p.out_dtype][0]
-        target = _out_view(buf, lo, hi, out_dtype) if device == "cpu" else None
+        target = out_view(buf, lo, hi, out_dtype) if device == "cpu" else None
         merged = merge_piece(
             method,
             _info(p),
