@@ -34,6 +34,7 @@ Scope = Literal["model", "global"]
 Stats = dict[str, "torch.Tensor"]
 FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
 MAX_ROW_UNIT = 1 << 24
+SUM_BLOCK = 1 << 13  # row_sums adds at most this many elements per torch reduction
 
 
 @dataclass(frozen=True)
@@ -123,16 +124,36 @@ def stat_unit(shape: Sequence[int]) -> int:
     return FLAT_UNIT
 
 
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Float64 sums of the rows of 2-D ``x``, each independent of the other rows and of torch's
+    threads.
+
+    With several threads torch may reduce a long row in per-thread partials when it is the
+    only output but serially among several rows, so ``x[:1].sum(1)`` and ``x.sum(1)[:1]`` can
+    differ in the last bits (seen for float32 rows of ~1M elements summed in float64). Here
+    no reduction spans more than :data:`SUM_BLOCK` elements: rows are summed in fixed blocks,
+    then the block sums the same way."""
+    rows, n = x.shape
+    if n <= SUM_BLOCK:
+        return x.sum(dim=1, dtype=torch.float64)
+    full = n // SUM_BLOCK * SUM_BLOCK
+    parts = [x[:, :full].reshape(rows, -1, SUM_BLOCK).sum(dim=2, dtype=torch.float64)]
+    if n > full:
+        parts.append(x[:, full:].sum(dim=1, dtype=torch.float64, keepdim=True))
+    return row_sums(torch.cat(parts, dim=1))
+
+
 def unit_sums(x: torch.Tensor, unit: int) -> torch.Tensor:
-    """Float64 sums of consecutive ``unit``-element blocks of flat ``x`` (the last may be short)."""
+    """Float64 sums of consecutive ``unit``-element blocks of flat ``x`` (the last may be short);
+    each block's sum depends on its elements only (:func:`row_sums`)."""
     flat = x.reshape(-1)
     n = flat.numel()
     full = n // unit * unit
     parts = []
     if full:
-        parts.append(flat[:full].reshape(-1, unit).sum(dim=1, dtype=torch.float64))
+        parts.append(row_sums(flat[:full].reshape(-1, unit)))
     if n > full:
-        parts.append(flat[full:].sum(dtype=torch.float64).reshape(1))
+        parts.append(row_sums(flat[full:].reshape(1, -1)))
     if not parts:
         return torch.zeros(0, dtype=torch.float64, device=x.device)
     return torch.cat(parts)
