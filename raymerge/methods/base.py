@@ -34,7 +34,7 @@ Scope = Literal["model", "global"]
 Stats = dict[str, "torch.Tensor"]
 FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
 MAX_ROW_UNIT = 1 << 24
-SUM_BLOCK = 1 << 13  # row_sums adds at most this many elements per torch reduction
+SUM_BLOCK = 1 << 14  # row_sums adds at most this many elements per torch reduction
 
 
 @dataclass(frozen=True)
@@ -124,23 +124,51 @@ def stat_unit(shape: Sequence[int]) -> int:
     return FLAT_UNIT
 
 
-def row_sums(x: torch.Tensor) -> torch.Tensor:
-    """Float64 sums of the rows of 2-D ``x``, each independent of the other rows and of torch's
-    threads.
+def row_sums(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sums (in ``dtype``, default float64) of the rows of 2-D ``x``, each independent of the
+    other rows and of torch's threads.
 
     With several threads torch may reduce a long row in per-thread partials when it is the
     only output but serially among several rows, so ``x[:1].sum(1)`` and ``x.sum(1)[:1]`` can
     differ in the last bits (seen for float32 rows of ~1M elements summed in float64). Here
     no reduction spans more than :data:`SUM_BLOCK` elements: rows are summed in fixed blocks,
-    then the block sums the same way."""
+    then the block sums the same way. Rows of at most ``SUM_BLOCK`` elements are summed as
+    ``x.sum(dim=1)`` sums them."""
+    dtype = dtype or torch.float64
     rows, n = x.shape
     if n <= SUM_BLOCK:
-        return x.sum(dim=1, dtype=torch.float64)
+        return x.sum(dim=1, dtype=dtype)
     full = n // SUM_BLOCK * SUM_BLOCK
-    parts = [x[:, :full].reshape(rows, -1, SUM_BLOCK).sum(dim=2, dtype=torch.float64)]
+    parts = [x[:, :full].reshape(rows, -1, SUM_BLOCK).sum(dim=2, dtype=dtype)]
     if n > full:
-        parts.append(x[:, full:].sum(dim=1, dtype=torch.float64, keepdim=True))
-    return row_sums(torch.cat(parts, dim=1))
+        parts.append(x[:, full:].sum(dim=1, dtype=dtype, keepdim=True))
+    return row_sums(torch.cat(parts, dim=1), dtype)
+
+
+def total(x: torch.Tensor) -> torch.Tensor:
+    """The float64 sum of all of ``x`` (e.g. of a ``cat:`` statistic), independent of torch's
+    threads (:func:`row_sums`)."""
+    return row_sums(x.reshape(1, -1))[0]
+
+
+def gram_partials(xs: Sequence[torch.Tensor], unit: int) -> torch.Tensor:
+    """Per stat unit, the float64 dot products of every pair i <= j of ``xs`` (a ``cat:``
+    statistic shaped [units, pairs]; :func:`gram` reduces it)."""
+    n = len(xs)
+    sums = [unit_sums(xs[i] * xs[j], unit) for i in range(n) for j in range(i, n)]
+    return torch.stack(sums, dim=1)
+
+
+def gram(partials: torch.Tensor, n: int) -> list[list[float]]:
+    """The n x n Gram matrix (Python floats) from reduced :func:`gram_partials`."""
+    flat = [float(total(partials[:, k])) for k in range(partials.shape[1])]
+    g = [[0.0] * n for _ in range(n)]
+    k = 0
+    for i in range(n):
+        for j in range(i, n):
+            g[i][j] = g[j][i] = flat[k]
+            k += 1
+    return g
 
 
 def unit_sums(x: torch.Tensor, unit: int) -> torch.Tensor:
@@ -226,8 +254,10 @@ class MergeMethod:
     """A registered merge method.
 
     ``kernel``: the merge function (:class:`Kernel`). ``base``: "required" (the kernel gets the
-    base model's tensor; the base is not one of ``tensors``), "ignored" (like mergekit's linear,
-    only the listed models are combined).
+    base model's tensor; the base is not one of ``tensors``), "optional" (as required when a
+    ``base_model`` is configured, else the kernel gets None), "ignored" (only the listed models
+    are combined), "input" (mergekit's ignored base as in Karcher: a configured base is one more
+    merged model, appended after the listed ones when not among them).
     ``inputs``: (min, max) number of merged models besides the base (max None = unbounded).
     ``work_fixed`` / ``work_per_input``: bytes of temporaries per output element, for the
     planner's memory estimate.
@@ -236,7 +266,7 @@ class MergeMethod:
     name: str
     kernel: Kernel
     params: tuple[ParamSpec, ...]
-    base: Literal["required", "ignored"]
+    base: Literal["required", "optional", "ignored", "input"]
     work_fixed: int
     work_per_input: int
     reference: str
@@ -248,13 +278,23 @@ class MergeMethod:
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     # problems with the resolved parameters of one tensor (combinations a single spec can't see)
     check: Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[str]] = _no_check
-    # whole: the kernel needs the whole tensor at once (never chunked or split into blocks)
+    # whole: the kernel needs the whole tensor at once (never chunked or split into blocks);
+    # whole_if(params): the same for tensors with these parameters only
     whole: bool = False
+    whole_if: Callable[[dict[str, Any]], bool] = _not_row_local
     # calibration: the method needs activation statistics from calibration data (ZipIt)
     calibration: bool = False
     # external(params): keys of statistics computed before the jobs (not from the tensor's own
     # chunks) that the kernel of this tensor needs, e.g. ZipIt's matchings of its spaces
     external: Callable[[dict[str, Any]], tuple[str, ...]] = _no_external
+
+    def is_whole(self, params: dict[str, Any]) -> bool:
+        """Whether a tensor with these method-wide parameters must be merged in one piece."""
+        return self.whole or self.whole_if(params)
+
+    def uses_base(self, base_model: str | None) -> bool:
+        """Whether the kernel gets a base tensor, given the config's ``base_model``."""
+        return self.base == "required" or (self.base == "optional" and bool(base_model))
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -28,7 +28,13 @@ from raymerge.options import (
     MIN_PART_BYTES,
 )
 from raymerge.params import ResolvedParams, resolve_parameters
-from raymerge.plan.chunking import chunk_bounds, element_source, footprint, make_pieces
+from raymerge.plan.chunking import (
+    chunk_bounds,
+    element_source,
+    footprint,
+    make_pieces,
+    whole_too_big,
+)
 from raymerge.plan.layout import layout_shards
 from raymerge.plan.packing import JOB_OVERHEAD_BYTES, pack_jobs
 from raymerge.plan.records import Job, Piece, Plan, ShardPlan, Source, shard_name
@@ -124,13 +130,18 @@ def make_plan(
     resolved = _resolve_all(cfg, specs)
     sizing = _Sizing(job_memory - JOB_OVERHEAD_BYTES, job_bytes, _math_item(cfg))
     shard_pieces: list[list[Piece]] = [[] for _ in shards]
+    too_big: list[str] = []
     for spec in specs:
         si, out_start = offsets[spec.name]
-        shard_pieces[si].extend(
-            _tensor_pieces(
-                cfg, spec, inputs, resolved[spec.name], out_dtypes[spec.name], out_start, sizing
-            )
+        pieces = _tensor_pieces(
+            cfg, spec, inputs, resolved[spec.name], out_dtypes[spec.name], out_start, sizing
         )
+        problem = whole_too_big(cfg.method, resolved[spec.name], pieces, sizing.usable)
+        if problem:
+            too_big.append(problem)
+        shard_pieces[si].extend(pieces)
+    if too_big:
+        raise InputError(_too_big_text(too_big, job_memory))
     # 3. jobs
     jobs = pack_jobs(
         shards,
@@ -148,6 +159,14 @@ def make_plan(
     )
     return Plan(
         run_hash, cfg.method.name, list(refs), out_layers, shards, jobs, out_dtypes, options, zl
+    )
+
+
+def _too_big_text(problems: list[str], job_memory: int) -> str:
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return (
+        f"{len(problems)} tensor(s) do not fit one job's memory budget (--job-memory "
+        f"{job_memory} bytes){more}:\n" + "\n".join(f"  - {p}" for p in problems[:5])
     )
 
 

@@ -92,7 +92,7 @@ class TensorSpec:
 
 
 def _reads(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
-    base = cfg.method.base == "required"
+    base = cfg.method.uses_base(cfg.base_model)
     picked = (
         [e for e in entries if e.model == cfg.base_model][:1] if base else []
     ) + cfg.merged_of(entries)
@@ -131,7 +131,7 @@ def _models_specs(cfg, refs, layouts, order, configs) -> tuple[list[TensorSpec],
     vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
     L = num_layers(layouts[0], configs[0])
     entries = list(cfg.models)
-    if cfg.base_model and cfg.method.base == "required":
+    if cfg.method.uses_base(cfg.base_model):
         entries = [InputModel(model=cfg.base_model)] + [
             e for e in entries if e.model != cfg.base_model
         ]
