@@ -136,7 +136,7 @@ def make_plan(
         pieces = _tensor_pieces(
             cfg, spec, inputs, resolved[spec.name], out_dtypes[spec.name], out_start, sizing
         )
-        problem = whole_too_big(cfg.method, resolved[spec.name], pieces, sizing.usable)
+        problem = whole_too_big(cfg.method, resolved[spec.name], pieces, sizing.usable, job_memory)
         if problem:
             too_big.append(problem)
         shard_pieces[si].extend(pieces)
@@ -166,7 +166,8 @@ def _too_big_text(problems: list[str], job_memory: int) -> str:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return (
         f"{len(problems)} tensor(s) do not fit one job's memory budget (--job-memory "
-        f"{job_memory} bytes){more}:\n" + "\n".join(f"  - {p}" for p in problems[:5])
+        f"{job_memory} bytes){more}; raise --job-memory or choose a method that chunks:\n"
+        + "\n".join(f"  - {p}" for p in problems[:5])
     )
 
 

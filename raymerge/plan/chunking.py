@@ -84,10 +84,15 @@ def chunk_bounds(
 
 
 def whole_too_big(
-    method: MergeMethod, params: ResolvedParams, pieces: Sequence[Piece], usable: int
+    method: MergeMethod,
+    params: ResolvedParams,
+    pieces: Sequence[Piece],
+    usable: int,
+    job_memory: int,
 ) -> str | None:
     """The problem, if a tensor its method merges whole (one piece, never chunked) needs more
-    than a job's ``usable`` memory; None if it fits or may be chunked."""
+    than a job's ``usable`` memory (``job_memory`` less the fixed per-job allowance); None if it
+    fits or may be chunked."""
     if not method.is_whole(params.method) or len(pieces) != 1:
         return None
     p = pieces[0]
@@ -96,9 +101,8 @@ def whole_too_big(
         return None
     return (
         f"{p.name} {list(p.shape)}: {method.name} merges each tensor whole (it cannot be split "
-        f"into chunks), which needs {_gib(need)} of job memory beyond the fixed allowance, "
-        f"more than this run's {_gib(usable)}; raise --job-memory by at least "
-        f"{_gib(need - usable)}"
+        f"into chunks), which needs --job-memory of at least {_gib(need + job_memory - usable)} "
+        f"(this run: {_gib(job_memory)})"
     )
 
 
