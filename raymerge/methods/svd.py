@@ -28,6 +28,9 @@ The methods need each whole matrix of every model at once (``whole``): a tensor 
 chunked, and planning refuses one whose job would exceed ``--job-memory``. The math runs in
 the math dtype (fp32, or fp64 with ``dtype: float64``) on the job's device (GPU workers run
 the SVDs there). SVD costs O(m n min(m, n)) per task: embeddings and lm_head are the slow part.
+LAPACK's SVD and the matrix products round differently with different thread counts: raymerge's
+workers run torch on one thread (Ray sets it from the task's CPUs), so runs are bit-reproducible,
+while an in-process ``merge_whole`` on more threads, or a GPU worker, can differ in the last bits.
 
 Differences from FusionBench: Iso-CTS projects the common subspace out as U (U' W) instead of
 (U U') W (no m x m temporary; equal up to rounding); the polar factors multiply straight into
