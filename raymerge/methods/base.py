@@ -241,6 +241,10 @@ def _not_row_local(params: dict[str, Any]) -> bool:
     return False
 
 
+def _never(params: dict[str, Any]) -> bool:
+    return False
+
+
 def _no_check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> list[str]:
     return []
 
@@ -281,7 +285,7 @@ class MergeMethod:
     # whole: the kernel needs the whole tensor at once (never chunked or split into blocks);
     # whole_if(params): the same for tensors with these parameters only
     whole: bool = False
-    whole_if: Callable[[dict[str, Any]], bool] = _not_row_local
+    whole_if: Callable[[dict[str, Any]], bool] = _never
     # calibration: the method needs activation statistics from calibration data (ZipIt)
     calibration: bool = False
     # external(params): keys of statistics computed before the jobs (not from the tensor's own

@@ -16,7 +16,9 @@ with ``dtype: float64``; mergekit uses the input dtype), so fp32 results equal m
 bit. The ``ramplus_tl`` counts are integer statistics (exact over any chunking) and lambda is
 computed in float32 as mergekit computes it. With no model besides the base the result is the
 base, as in mergekit. Differences from mergekit: ``epsilon``, ``r`` and ``alpha`` must be >= 0
-(mergekit accepts any value).
+(mergekit accepts any value); mergekit's ``ramplus_tl`` writes float32 for bf16/fp16 inputs
+unless ``out_dtype`` is set (its lambda is a float32 tensor), raymerge the configured or input
+dtype.
 """
 
 from __future__ import annotations

@@ -112,3 +112,14 @@ def test_multislerp_weights_summing_to_zero_are_refused_per_tensor():
     ]
     params = resolve_parameters(cfg, "model.layers.1.mlp.up_proj.weight", 1.0)
     assert cfg.method.check(params.method, params.models) == []
+
+
+def test_an_integer_parameter_gradient_must_give_whole_numbers():
+    """mergekit validates the interpolated value: max_iter [5, 10] at t = 0.5 is 7.5, an error
+    (it used to be truncated to 7 here)."""
+    cfg = load_config(two("karcher", max_iter=[5, 10]))
+    assert resolve_parameters(cfg, "model.layers.0.mlp.up_proj.weight", 0.0).method["max_iter"] == 5
+    with pytest.raises(ConfigError, match="'max_iter' evaluates to 7.5 for tensor 'model.layers.1"):
+        resolve_parameters(cfg, "model.layers.1.mlp.up_proj.weight", 0.5)
+    cfg = load_config(two("karcher", max_iter=[5, 11]))
+    assert resolve_parameters(cfg, "model.layers.1.mlp.up_proj.weight", 0.5).method["max_iter"] == 8
