@@ -104,7 +104,8 @@ def resolve_parameters(
     for spec in method.params:
         fallback = shared(spec.name)
         if spec.scope == "global":
-            wide[spec.name] = _typed(spec.type, spec.default if fallback is None else fallback)
+            value = spec.default if fallback is None else fallback
+            wide[spec.name] = _typed(spec.type, value, spec.name, tensor_name)
             continue
         for i, m in enumerate(merged):
             own = (m.parameters or {}).get(spec.name)
@@ -120,16 +121,23 @@ def resolve_parameters(
                         f"{tensor_name!r} (no filter matched and no fallback is given)"
                     ]
                 )
-            per_model[i][spec.name] = _typed(spec.type, val)
+            per_model[i][spec.name] = _typed(spec.type, val, spec.name, tensor_name)
     return ResolvedParams(wide, tuple(per_model))
 
 
-def _typed(kind: type, v: Any) -> Any:
+def _typed(kind: type, v: Any, name: str, tensor_name: str) -> Any:
     if v is None:
         return None
     if kind is float:
         return float(v)
     if kind is int:
+        if v != int(v):  # a gradient between whole numbers (mergekit: a validation error too)
+            raise ConfigError(
+                [
+                    f"parameter {name!r} evaluates to {v!r} for tensor {tensor_name!r}; it must "
+                    "be a whole number (a gradient of it must give whole numbers at every layer)"
+                ]
+            )
         return int(v)
     return v
 

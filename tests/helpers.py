@@ -33,7 +33,7 @@ def reference_merge(
     for name, t in first.items():
         params = resolve_parameters(cfg, name, position(name, stacks))
         wide, per = dict(params.method), list(params.models)
-        base = models[cfg.base_model][name].float() if method.base == "required" else None
+        base = models[cfg.base_model][name].float() if method.uses_base(cfg.base_model) else None
         xs = [models[m.model][name].float() for m in cfg.merged_models()]
         merged = merge_whole(
             method.name, base, xs, per, wide, tensor_name=name, seed=cfg.random_seed

@@ -163,12 +163,12 @@ def _check_inputs(cfg: MergeConfig, where: str, entries: list[Any], problems: li
     merged = cfg.merged_of(entries)
     if len(merged) < lo or (hi is not None and len(merged) > hi):
         want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
-        besides = " besides base_model" if method.base == "required" else ""
+        besides = " besides base_model" if method.uses_base(cfg.base_model) else ""
         problems.append(
             f"{where}: {method.name} takes {want} model(s){besides}, got {len(merged)}: "
             f"{[m.model for m in merged]}"
         )
-    if method.base == "required" and cfg.base_model and where.startswith("slices"):
+    if method.uses_base(cfg.base_model) and cfg.base_model and where.startswith("slices"):
         if not any(m.model == cfg.base_model for m in entries):
             problems.append(f"{where}: no source is base_model {cfg.base_model!r}")
 

@@ -170,10 +170,23 @@ class MergeConfig(_Strict):
         return self.merged_of(self.models or [])
 
     def merged_of(self, entries: list[Any]) -> list[Any]:
-        """Of a ``models`` list or a slice's ``sources``: the ones the kernel combines."""
-        if self.method.base == "required":
+        """Of a ``models`` list or a slice's ``sources``: the ones the kernel combines.
+
+        A base the kernel gets as its base is not among them. For methods taking the base as
+        one more input (``base="input"``) a ``models`` list without it gets it appended, as
+        mergekit appends an unlisted base model to the sources."""
+        method = self.method
+        if method.uses_base(self.base_model):
             return [m for m in entries if m.model != self.base_model]
-        return list(entries)
+        out = list(entries)
+        if (
+            method.base == "input"
+            and self.base_model
+            and self.models is not None
+            and all(m.model != self.base_model for m in out)
+        ):
+            out.append(InputModel(model=self.base_model))
+        return out
 
     def hash(self) -> str:
         """Stable hash of everything that determines output bytes (not storage options)."""

@@ -3,9 +3,11 @@
 - :mod:`~raymerge.methods.base`: the method contract (parameters, kernels, statistics rounds);
 - :mod:`~raymerge.methods.registry`: the table of methods;
 - :mod:`~raymerge.methods.engine`: runs a method over a piece, block by block;
-- one file per method family (linear, task_arithmetic + sparsify, slerp, model_stock,
-  passthrough, zipit); :mod:`~raymerge.methods.selection` and :mod:`~raymerge.methods.rng` hold
-  the exact order statistics and the chunk-invariant random streams they use.
+- one file per method family (linear, task_arithmetic + sparsify, slerp, nuslerp,
+  multislerp, karcher, model_stock, sce, arcee_fusion, nearswap, ram (+ ramplus_tl), svd
+  (tsv_m, iso_c, iso_cts), passthrough, zipit); :mod:`~raymerge.methods.selection` and
+  :mod:`~raymerge.methods.rng` hold the exact order statistics and the chunk-invariant random
+  streams they use.
 """
 
 from raymerge.methods.base import MergeMethod, ParamSpec, PieceInfo

@@ -34,6 +34,7 @@ Scope = Literal["model", "global"]
 Stats = dict[str, "torch.Tensor"]
 FLAT_UNIT = 1 << 16  # stat unit for rank <= 1 tensors and for rows too big to be one unit
 MAX_ROW_UNIT = 1 << 24
+SUM_BLOCK = 1 << 14  # row_sums adds at most this many elements per torch reduction
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,64 @@ def stat_unit(shape: Sequence[int]) -> int:
     return FLAT_UNIT
 
 
+def row_sums(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sums (in ``dtype``, default float64) of the rows of 2-D ``x``, each independent of the
+    other rows and of torch's threads.
+
+    With several threads torch may reduce a long row in per-thread partials when it is the
+    only output but serially among several rows, so ``x[:1].sum(1)`` and ``x.sum(1)[:1]`` can
+    differ in the last bits (seen for float32 rows of ~1M elements summed in float64). Here
+    no reduction spans more than :data:`SUM_BLOCK` elements: rows are summed in fixed blocks,
+    then the block sums the same way. Rows of at most ``SUM_BLOCK`` elements are summed as
+    ``x.sum(dim=1)`` sums them."""
+    dtype = dtype or torch.float64
+    rows, n = x.shape
+    if n <= SUM_BLOCK:
+        return x.sum(dim=1, dtype=dtype)
+    full = n // SUM_BLOCK * SUM_BLOCK
+    parts = [x[:, :full].reshape(rows, -1, SUM_BLOCK).sum(dim=2, dtype=dtype)]
+    if n > full:
+        parts.append(x[:, full:].sum(dim=1, dtype=dtype, keepdim=True))
+    return row_sums(torch.cat(parts, dim=1), dtype)
+
+
+def total(x: torch.Tensor) -> torch.Tensor:
+    """The float64 sum of all of ``x`` (e.g. of a ``cat:`` statistic), independent of torch's
+    threads (:func:`row_sums`)."""
+    return row_sums(x.reshape(1, -1))[0]
+
+
+def gram_partials(xs: Sequence[torch.Tensor], unit: int) -> torch.Tensor:
+    """Per stat unit, the float64 dot products of every pair i <= j of ``xs`` (a ``cat:``
+    statistic shaped [units, pairs]; :func:`gram` reduces it)."""
+    n = len(xs)
+    sums = [unit_sums(xs[i] * xs[j], unit) for i in range(n) for j in range(i, n)]
+    return torch.stack(sums, dim=1)
+
+
+def gram(partials: torch.Tensor, n: int) -> list[list[float]]:
+    """The n x n Gram matrix (Python floats) from reduced :func:`gram_partials`."""
+    flat = [float(total(partials[:, k])) for k in range(partials.shape[1])]
+    g = [[0.0] * n for _ in range(n)]
+    k = 0
+    for i in range(n):
+        for j in range(i, n):
+            g[i][j] = g[j][i] = flat[k]
+            k += 1
+    return g
+
+
 def unit_sums(x: torch.Tensor, unit: int) -> torch.Tensor:
-    """Float64 sums of consecutive ``unit``-element blocks of flat ``x`` (the last may be short)."""
+    """Float64 sums of consecutive ``unit``-element blocks of flat ``x`` (the last may be short);
+    each block's sum depends on its elements only (:func:`row_sums`)."""
     flat = x.reshape(-1)
     n = flat.numel()
     full = n // unit * unit
     parts = []
     if full:
-        parts.append(flat[:full].reshape(-1, unit).sum(dim=1, dtype=torch.float64))
+        parts.append(row_sums(flat[:full].reshape(-1, unit)))
     if n > full:
-        parts.append(flat[full:].sum(dtype=torch.float64).reshape(1))
+        parts.append(row_sums(flat[full:].reshape(1, -1)))
     if not parts:
         return torch.zeros(0, dtype=torch.float64, device=x.device)
     return torch.cat(parts)
@@ -194,6 +243,10 @@ def _not_row_local(params: dict[str, Any]) -> bool:
     return False
 
 
+def _never(params: dict[str, Any]) -> bool:
+    return False
+
+
 def _no_check(params: dict[str, Any], model_params: Sequence[dict[str, Any]]) -> list[str]:
     return []
 
@@ -207,8 +260,10 @@ class MergeMethod:
     """A registered merge method.
 
     ``kernel``: the merge function (:class:`Kernel`). ``base``: "required" (the kernel gets the
-    base model's tensor; the base is not one of ``tensors``), "ignored" (like mergekit's linear,
-    only the listed models are combined).
+    base model's tensor; the base is not one of ``tensors``), "optional" (as required when a
+    ``base_model`` is configured, else the kernel gets None), "ignored" (only the listed models
+    are combined), "input" (mergekit's ignored base as in Karcher: a configured base is one more
+    merged model, appended after the listed ones when not among them).
     ``inputs``: (min, max) number of merged models besides the base (max None = unbounded).
     ``work_fixed`` / ``work_per_input``: bytes of temporaries per output element, for the
     planner's memory estimate.
@@ -217,7 +272,7 @@ class MergeMethod:
     name: str
     kernel: Kernel
     params: tuple[ParamSpec, ...]
-    base: Literal["required", "ignored"]
+    base: Literal["required", "optional", "ignored", "input"]
     work_fixed: int
     work_per_input: int
     reference: str
@@ -229,8 +284,10 @@ class MergeMethod:
     row_local: Callable[[dict[str, Any]], bool] = _not_row_local
     # problems with the resolved parameters of one tensor (combinations a single spec can't see)
     check: Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[str]] = _no_check
-    # whole: the kernel needs the whole tensor at once (never chunked or split into blocks)
+    # whole: the kernel needs the whole tensor at once (never chunked or split into blocks);
+    # whole_if(params): the same for tensors with these parameters only
     whole: bool = False
+    whole_if: Callable[[dict[str, Any]], bool] = _never
     # calibration: the method needs activation statistics from calibration data (ZipIt)
     calibration: bool = False
     # external(params): keys of statistics computed before the jobs (not from the tensor's own
@@ -240,6 +297,14 @@ class MergeMethod:
     # weighted sums), so the job checks the result only and looks at the inputs just to name
     # the culprit: one pass over the output instead of one over every input
     nonfinite_propagates: bool = False
+
+    def is_whole(self, params: dict[str, Any]) -> bool:
+        """Whether a tensor with these method-wide parameters must be merged in one piece."""
+        return self.whole or self.whole_if(params)
+
+    def uses_base(self, base_model: str | None) -> bool:
+        """Whether the kernel gets a base tensor, given the config's ``base_model``."""
+        return self.base == "required" or (self.base == "optional" and bool(base_model))
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

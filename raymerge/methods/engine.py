@@ -28,7 +28,7 @@ def _blocks(method: MergeMethod, info: PieceInfo, params: dict[str, Any]) -> lis
     """Element ranges [a, b) of the piece, relative to it. Each is a whole number of stat units
     (and of rows for row-local methods), so blockwise statistics equal whole-piece ones."""
     n = info.elem_end - info.elem_start
-    if method.whole:
+    if method.is_whole(params):
         return [(0, n)]
     if method.row_local(params):
         if len(info.shape) < 2 or math.prod(info.shape[1:]) == 0:

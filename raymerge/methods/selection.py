@@ -99,3 +99,46 @@ def low_histogram(bits: torch.Tensor, high: int) -> torch.Tensor:
 def value_of(high: int, low: int) -> float:
     bits = torch.tensor([(high << 16) | low], dtype=torch.int32)
     return float(bits.view(torch.float32).item())
+
+
+# Order statistics of signed values (SCE's variances, Arcee Fusion's importances): int32 keys
+# that order like the float32 values (negative floats flip their magnitude bits), histograms of
+# their high 16 bits (offset to 0..65535) and, within one high bin, of their low 16 bits.
+VALUE_BINS = 1 << 16
+
+
+def value_keys(x: torch.Tensor) -> torch.Tensor:
+    """Flat int32 keys of ``x`` rounded to float32, ordered as the values (-0.0 < +0.0)."""
+    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).reshape(-1)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def value_high_histogram(keys: torch.Tensor) -> torch.Tensor:
+    return torch.bincount((keys >> 16) + (1 << 15), minlength=VALUE_BINS).to(torch.int64)
+
+
+def value_low_histogram(keys: torch.Tensor, high: int) -> torch.Tensor:
+    sel = keys[((keys >> 16) + (1 << 15)) == high]
+    return torch.bincount(sel & 0xFFFF, minlength=VALUE_BINS).to(torch.int64)
+
+
+def key_value(high: int, low: int) -> float:
+    """The float32 value whose key has high-histogram bin ``high`` and low bits ``low``."""
+    key = torch.tensor([((high - (1 << 15)) << 16) | low], dtype=torch.int32)
+    return float((key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32).item())
+
+
+def ranked_values(high: torch.Tensor, lows: torch.Tensor, ranks: list[int]) -> list[float]:
+    """The values at ascending 0-based ``ranks``, from the high histogram and one low histogram
+    per rank (``lows[r]``: of the bin holding ``ranks[r]``, see :func:`rank_bins`)."""
+    out = []
+    for r, rank in enumerate(ranks):
+        b, within = locate(high, rank)
+        low, _ = locate(lows[r], within)
+        out.append(key_value(b, low))
+    return out
+
+
+def rank_bins(high: torch.Tensor, ranks: list[int]) -> list[int]:
+    """The high bin holding each ascending 0-based rank."""
+    return [locate(high, rank)[0] for rank in ranks]

@@ -35,6 +35,7 @@ from raymerge.plan.chunking import (
     element_source,
     footprint,
     make_pieces,
+    whole_too_big,
 )
 from raymerge.plan.layout import layout_shards
 from raymerge.plan.packing import JOB_OVERHEAD_BYTES, pack_jobs
@@ -135,14 +136,7 @@ def make_plan(
     # 2. parameters, then pieces
     resolved = _resolve_all(cfg, specs)
     sizing = _Sizing(job_memory - JOB_OVERHEAD_BYTES, job_bytes, _math_item(cfg))
-    shard_pieces: list[list[Piece]] = [[] for _ in shards]
-    for spec in specs:
-        si, out_start = offsets[spec.name]
-        shard_pieces[si].extend(
-            _tensor_pieces(
-                cfg, spec, inputs, resolved[spec.name], out_dtypes[spec.name], out_start, sizing
-            )
-        )
+    shard_pieces = _pieces(cfg, specs, inputs, resolved, out_dtypes, offsets, sizing, len(shards))
     # 3. jobs
     jobs = pack_jobs(
         shards,
@@ -166,6 +160,31 @@ def make_plan(
     return plan
 
 
+def _pieces(cfg, specs, inputs, resolved, out_dtypes, offsets, sizing, n_shards):
+    """Each shard's pieces; refuses (naming them) tensors a method merges whole that do not
+    fit one job."""
+    shard_pieces: list[list[Piece]] = [[] for _ in range(n_shards)]
+    too_big: list[str] = []
+    for spec in specs:
+        si, out_start = offsets[spec.name]
+        pieces = _tensor_pieces(
+            cfg, spec, inputs, resolved[spec.name], out_dtypes[spec.name], out_start, sizing
+        )
+        problem = whole_too_big(
+            cfg.method,
+            resolved[spec.name],
+            pieces,
+            sizing.usable,
+            sizing.usable + JOB_OVERHEAD_BYTES,
+        )
+        if problem:
+            too_big.append(problem)
+        shard_pieces[si].extend(pieces)
+    if too_big:
+        raise InputError(_too_big_text(too_big, sizing.usable + JOB_OVERHEAD_BYTES))
+    return shard_pieces
+
+
 def _dequantized(refs, configs, layouts) -> tuple[list[dict], list[Quantized | None]]:
     """The layouts to merge (without scale tensors: they travel with their weights; tied
     models' lm_head read from their embeddings), and each input's quantisation."""
@@ -175,6 +194,15 @@ def _dequantized(refs, configs, layouts) -> tuple[list[dict], list[Quantized | N
         for lay, q in zip(layouts, quant)
     ]
     return untie(kept), quant
+
+
+def _too_big_text(problems: list[str], job_memory: int) -> str:
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return (
+        f"{len(problems)} tensor(s) do not fit one job's memory budget (--job-memory "
+        f"{job_memory} bytes){more}; raise --job-memory or choose a method that chunks:\n"
+        + "\n".join(f"  - {p}" for p in problems[:5])
+    )
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,9 @@ def footprint(
     math_item: int,
 ) -> Footprint:
     temp_per_elem = len(in_items) * math_item + method.work_bytes(n_merged) * math_item // 4
-    whole_block = (method.row_local(params.method) and len(shape) < 2) or method.whole
+    whole_block = (method.row_local(params.method) and len(shape) < 2) or method.is_whole(
+        params.method
+    )
     per_elem = sum(in_items) + out_item + (temp_per_elem if whole_block else 0)
     return Footprint(per_elem, 0 if whole_block else temp_per_elem)
 
@@ -73,7 +75,7 @@ def chunk_bounds(
     n_chunks = math.ceil(numel / max_elems) if numel else 1
     if not rounds:  # elementwise: also split for parallelism / upload part size
         n_chunks = max(n_chunks, math.ceil(numel * out_item / job_bytes))
-    if (row_local and (len(shape) < 2 or unit != row)) or method.whole:
+    if (row_local and (len(shape) < 2 or unit != row)) or method.is_whole(params.method):
         n_chunks = 1  # rows must stay whole, and a rank <= 1 tensor is one row
     return chunk_even(shape, n_chunks)
 
@@ -87,6 +89,33 @@ def chunk_even(shape: tuple[int, ...], n_chunks: int) -> list[int]:
     per = math.ceil(units / n)
     bounds = list(range(0, numel, per * unit)) if numel else [0]
     return bounds + [numel]
+
+
+def whole_too_big(
+    method: MergeMethod,
+    params: ResolvedParams,
+    pieces: Sequence[Piece],
+    usable: int,
+    job_memory: int,
+) -> str | None:
+    """The problem, if a tensor its method merges whole (one piece, never chunked) needs more
+    than a job's ``usable`` memory (``job_memory`` less the fixed per-job allowance); None if it
+    fits or may be chunked."""
+    if not method.is_whole(params.method) or len(pieces) != 1:
+        return None
+    p = pieces[0]
+    need = p.memory_bytes + p.block_bytes
+    if need <= usable:
+        return None
+    return (
+        f"{p.name} {list(p.shape)}: {method.name} merges each tensor whole (it cannot be split "
+        f"into chunks), which needs --job-memory of at least {_gib(need + job_memory - usable)} "
+        f"(this run: {_gib(job_memory)})"
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def make_pieces(

@@ -103,7 +103,7 @@ class SpecSet:
 def reads_of(cfg: MergeConfig, refs: list[str], entries: list[Any], rename) -> tuple:
     """(input index, tensor name) of each tensor an output reads (the base first when the
     method uses one), and whether it has a base."""
-    base = cfg.method.base == "required"
+    base = cfg.method.uses_base(cfg.base_model)
     picked = (
         [e for e in entries if e.model == cfg.base_model][:1] if base else []
     ) + cfg.merged_of(entries)
@@ -148,7 +148,7 @@ def _models_specs(cfg, refs, layouts, order, configs) -> SpecSet:
     vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
     stacks = find_stacks(order)
     entries = list(cfg.models)
-    if cfg.base_model and cfg.method.base == "required":
+    if cfg.method.uses_base(cfg.base_model):
         entries = [InputModel(model=cfg.base_model)] + [
             e for e in entries if e.model != cfg.base_model
         ]

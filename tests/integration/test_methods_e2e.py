@@ -24,20 +24,40 @@ METHOD_CONFIGS = {
     "della": {"parameters": {"density": 0.5, "epsilon": 0.1, "weight": 1.0}},
     "model_stock": {},
     "slerp": {"parameters": {"t": [0.0, 0.5, 1.0]}},
+    "nuslerp": {"parameters": {"weight": [0.3, 0.7]}},
+    "nuslerp_rows": {"parameters": {"weight": 1.0, "nuslerp_flatten": False}},
+    "multislerp": {"parameters": {"weight": [1.0, 0.5]}},
+    "karcher": {"parameters": {"max_iter": 4}},  # the base is averaged as a fourth input
+    "sce": {"parameters": {"select_topk": 0.5}},
+    "arcee_fusion": {},
+    "nearswap": {"parameters": {"t": 0.001}},
+    "ram": {"parameters": {"epsilon": 0.001}},
+    "ramplus_tl": {"parameters": {"epsilon": 0.001, "r": 0.5, "alpha": 1.0}},
+}
+ONE_MODEL = {"slerp", "arcee_fusion", "nearswap"}
+# merged whole (never chunked): equal to the reference, refused when a tensor cannot fit a job
+WHOLE_CONFIGS = {
+    "tsv_m": {"parameters": {"lambda": 0.8}},
+    "iso_c": {},
+    "iso_cts": {"parameters": {"common_space_fraction": 0.5}},
+    "nuslerp_columns": {
+        "parameters": {"weight": 1.0, "nuslerp_flatten": False, "nuslerp_row_wise": True}
+    },
 }
 
 
-def cfg_for(method: str, fam: list[str], tmp_path) -> str:
+def cfg_for(case: str, fam: list[str], tmp_path, configs=None) -> str:
     base, *fts = fam
-    n = 1 if method == "slerp" else len(fts)
+    method = case.split("_rows")[0].split("_columns")[0]
+    n = 1 if method in ONE_MODEL else 2 if method == "nuslerp" else len(fts)
     cfg = {
         "merge_method": method,
         "base_model": base,
         "random_seed": 7,
         "models": [{"model": m} for m in fts[:n]],
-        **METHOD_CONFIGS[method],
+        **(configs or METHOD_CONFIGS)[case],
     }
-    p = tmp_path / f"{method}.json"
+    p = tmp_path / f"{case}.json"
     p.write_text(json.dumps(cfg))
     return str(p)
 
@@ -61,6 +81,34 @@ def test_method_through_ray_equals_reference_and_chunking_changes_nothing(
     emb = [r for r in rows if r["name"] == "model.embed_tokens.weight"]
     assert len(emb) > 2  # really chunked (and, for whole-tensor methods, reduced across chunks)
     assert shard_bytes(str(a)) == shard_bytes(str(b))
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_CONFIGS))
+def test_whole_tensor_method_through_ray_equals_reference(
+    case, tmp_path, wide_family, ray_session, capsys
+):
+    """LAPACK's SVD rounds differently with different thread counts: Ray's workers run torch on
+    one thread, so the reference does too."""
+    path = cfg_for(case, wide_family, tmp_path, WHOLE_CONFIGS)
+    out = tmp_path / "out"
+    assert main(["run", path, str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = reference_merge(load_config(path))
+    finally:
+        torch.set_num_threads(threads)
+    got = load_model(str(out))
+    for name, t in expected.items():
+        assert torch.equal(got[name], t), name
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert {r["n_chunks"] for r in rows} == {1}
+    capsys.readouterr()
+    rc = main(["run", path, str(tmp_path / "small"), "--no-progress", "--job-memory", "34MiB"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "model.embed_tokens.weight [4096, 64]" in err and "--job-memory of at least" in err
+    assert not (tmp_path / "small" / "_SUCCESS").exists()
 
 
 def test_frankenmerge_with_slices(tmp_path, family, ray_session, capsys):
@@ -216,7 +264,7 @@ def test_layer_range_out_of_bounds(tmp_path, family, capsys):
     p.write_text(json.dumps(cfg))
     rc = main(["plan", str(p)])
     err = capsys.readouterr().err
-    assert rc == 2 and "layer_range: [2, 5] is out of bounds" in err and "(3 layers)" in err
+    assert rc == 2 and "layer_range: [2, 5] is out of bounds" in err and "(3 layers in model.layers.N)" in err
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -410,7 +410,9 @@ def _load(folder: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _e2e(config: dict[str, Any], tmp_path) -> None:
+def _e2e_run(config: dict[str, Any], tmp_path) -> tuple[dict, dict]:
+    """(mergekit's, raymerge's) tensors of one fp32 merge, after checking both wrote the same
+    names, shapes and dtypes."""
     config = {**config, "dtype": "float32"}
     path = tmp_path / "merge.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -434,6 +436,11 @@ def _e2e(config: dict[str, Any], tmp_path) -> None:
     assert sorted(got) == sorted(expected)
     for k in expected:
         assert got[k].shape == expected[k].shape and got[k].dtype == expected[k].dtype, k
+    return expected, got
+
+
+def _e2e(config: dict[str, Any], tmp_path) -> None:
+    expected, got = _e2e_run(config, tmp_path)
     diffs = sorted((((got[k] - expected[k]).abs().max().item(), k) for k in expected), reverse=True)
     bad = [f"{k}: max abs diff {d:.3g}" for d, k in diffs if not d <= ATOL]
     assert not bad, f"{len(bad)}/{len(diffs)} tensors differ from mergekit:\n" + "\n".join(bad[:12])

@@ -206,23 +206,55 @@ CHUNK_CASES = [
     ("model_stock", {}),
     ("model_stock", {"filter_wise": True}),
     ("passthrough", {}),
+    ("nuslerp", {}),
+    ("nuslerp", {"nuslerp_flatten": False}),
+    ("nuslerp", {"no_base": True}),
+    ("nuslerp", {"nuslerp_flatten": False, "no_base": True}),
+    ("multislerp", {}),
+    ("multislerp", {"normalize_weights": False, "no_base": True}),
+    ("karcher", {}),
+    ("karcher", {"max_iter": 3, "tol": 0.0}),
+    ("sce", {}),
+    ("sce", {"select_topk": 0.3}),
+    ("arcee_fusion", {}),
+    ("nearswap", {"t": 0.05}),
+    ("ram", {"epsilon": 0.05}),
+    ("ramplus_tl", {"epsilon": 0.05, "r": 0.5, "alpha": 1.0}),
 ]
+# methods that merge each tensor (with these parameters) whole: never chunked
+WHOLE_CASES = [
+    ("nuslerp", {"nuslerp_flatten": False, "nuslerp_row_wise": True}),
+    ("tsv_m", {}),
+    ("iso_c", {}),
+    ("iso_cts", {"common_space_fraction": 0.5}),
+]
+
+
+def case_setup(name, over, n_default=3):
+    """(method, number of merged models, method-wide and per-model params, whether the kernel
+    gets a base) for a case; ``no_base``: an optional base left out."""
+    over = dict(over)
+    no_base = over.pop("no_base", False)
+    method = get_method(name)
+    lo, hi = method.inputs
+    n = lo if hi == lo else n_default
+    wide, per = defaults(name, n, **over)
+    with_base = method.base == "required" or (method.base == "optional" and not no_base)
+    return method, n, wide, per, with_base
 
 
 @pytest.mark.parametrize(
     ("name", "over"), CHUNK_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CHUNK_CASES)]
 )
-@pytest.mark.parametrize("shape", [(37, 11), (70_001,)])
+@pytest.mark.parametrize("shape", [(37, 11), (70_001,), (12, 20_000)])
 def test_chunked_equals_whole_exactly(name, over, shape):
-    """Statistics reduced over chunks + per-chunk kernels == the whole-tensor kernel, bit for bit."""
-    method = get_method(name)
-    lo, hi = method.inputs
-    n = lo if hi == lo else 3
+    """Statistics reduced over chunks + per-chunk kernels == the whole-tensor kernel, bit for bit.
+    (12, 20000): rows longer than a single torch reduction sums (``base.SUM_BLOCK``)."""
+    method, n, wide, per, with_base = case_setup(name, over)
     g = torch.Generator().manual_seed(11)
     base = torch.randn(shape, generator=g)
     xs = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(n)]
-    wide, per = defaults(name, n, **over)
-    b = base if method.base == "required" else None
+    b = base if with_base else None
     whole = merge_whole(name, b, xs, per, wide, tensor_name="w", seed=3)
     if method.row_local(wide) and len(shape) < 2:
         pytest.skip("the planner never splits a rank-1 tensor for a row-local method")
@@ -265,31 +297,32 @@ def test_chunked_equals_whole_exactly(name, over, shape):
     assert torch.equal(torch.cat([p.reshape(-1) for p in parts]), whole.reshape(-1))
 
 
+ALL_CASES = CHUNK_CASES + WHOLE_CASES
+
+
 @pytest.mark.parametrize(
-    ("name", "over"), CHUNK_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CHUNK_CASES)]
+    ("name", "over"), ALL_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALL_CASES)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernels_and_statistics_never_write_their_inputs(name, over, dtype):
     """Jobs hand kernels tensors that alias shared memory: pages of the input files (private
     mappings) or chunks kept in Ray's object store for the next rounds and the merge. A write
     into an input would corrupt what the next reader sees, so none may happen."""
-    method = get_method(name)
-    lo, hi = method.inputs
-    n = lo if hi == lo else 3
+    method, n, wide, per, with_base = case_setup(name, over)
     g = torch.Generator().manual_seed(5)
     base = torch.randn(40, 9, generator=g).to(dtype)
     xs = [(base.float() + 0.1 * torch.randn(40, 9, generator=g)).to(dtype) for _ in range(n)]
-    wide, per = defaults(name, n, **over)
-    b = base if method.base == "required" else None
+    b = base if with_base else None
     before = [t.clone() for t in ([base] if b is not None else []) + xs]
     merge_piece(method, PieceInfo("w", (40, 9), 0, 360, 3), b, xs, per, wide)  # whole, rounds
-    chunks = [(0, 90), (90, 270), (270, 360)]  # chunked: rounds over all chunks, then kernels
+    # chunked (rounds over all chunks, then kernels), unless the method never is
+    chunks = [] if method.is_whole(wide) else [(0, 90), (90, 270), (270, 360)]
 
     def cut(t, a, z):
         return t.reshape(-1)[a:z].reshape(-1, 9)
 
     stats: list = []
-    for _ in method.stat_rounds(wide, per):
+    for _ in method.stat_rounds(wide, per) if chunks else ():
         stats.append(
             combine(
                 [
@@ -319,18 +352,22 @@ def test_kernels_and_statistics_never_write_their_inputs(name, over, dtype):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 @pytest.mark.parametrize("shape", [(), (0, 4), (4, 0), (5,), (3, 7)])
 def test_every_method_merging_a_model_with_itself_returns_it(name, shape):
+    """Holds for every registered method (up to rounding: spherical means rescale by norms):
+    identical inputs have no task vectors, no angles and no variance. Methods with an optional
+    base are checked with and without one."""
     method = get_method(name)
     lo, hi = method.inputs
     n = lo if hi == lo else 3
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    base = x.clone() if method.base == "required" else None
     wide, per = defaults(name, n, density=0.5) if method.param("density") else defaults(name, n)
     if method.param("epsilon"):
         for p in per:
             p["epsilon"] = 0.1
-    out = merge_whole(name, base, [x.clone() for _ in range(n)], per, wide)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    assert_close(out, x, rtol=0, atol=1e-6)
+    bases = {"required": [x.clone()], "optional": [x.clone(), None]}.get(method.base, [None])
+    for base in bases:
+        out = merge_whole(name, base, [x.clone() for _ in range(n)], per, wide)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert_close(out, x, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -347,16 +384,13 @@ def test_unknown_method_names_the_options():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("name", "over"), CHUNK_CASES)
+@pytest.mark.parametrize(("name", "over"), ALL_CASES)
 def test_kernels_match_on_gpu(name, over):
-    method = get_method(name)
-    lo, hi = method.inputs
-    n = lo if hi == lo else 3
+    method, n, wide, per, with_base = case_setup(name, over)
     g = torch.Generator().manual_seed(3)
     base = torch.randn(64, 33, generator=g)
     xs = [base + torch.randn(64, 33, generator=g) for _ in range(n)]
-    wide, per = defaults(name, n, **over)
-    b = base if method.base == "required" else None
+    b = base if with_base else None
     cpu = merge_whole(name, b, xs, per, wide)
     gpu = merge_whole(name, None if b is None else b.cuda(), [x.cuda() for x in xs], per, wide)
     assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
