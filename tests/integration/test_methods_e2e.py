@@ -103,6 +103,10 @@ def test_whole_tensor_method_through_ray_equals_reference(
         assert torch.equal(got[name], t), name
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert {r["n_chunks"] for r in rows} == {1}
+    # the in-process executor's job threads run torch on one thread too: the same bytes
+    local = tmp_path / "local"
+    assert main(["run", path, str(local), "--no-progress", "--executor", "local"]) == 0
+    assert shard_bytes(str(local)) == shard_bytes(str(out))
     capsys.readouterr()
     rc = main(["run", path, str(tmp_path / "small"), "--no-progress", "--job-memory", "34MiB"])
     err = capsys.readouterr().err
