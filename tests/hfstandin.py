@@ -4,6 +4,10 @@ through raymerge's remote-read path (it is not a LocalFileSystem)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
@@ -22,5 +26,18 @@ class StandInHfFileSystem(DirFileSystem):
         return str(path).rstrip("/")
 
 
-def register() -> None:
+@contextmanager
+def registered() -> Iterator[None]:
+    """The stand-in answers ``hf://`` inside the block; afterwards ``hf://`` is what it was
+    (tests that run later must see the real protocol)."""
+    table = sys.modules["fsspec.registry"]._registry
+    before = table.get("hf")
     fsspec.register_implementation("hf", StandInHfFileSystem, clobber=True)
+    try:
+        yield
+    finally:
+        StandInHfFileSystem.clear_instance_cache()
+        if before is None:
+            table.pop("hf", None)
+        else:
+            table["hf"] = before

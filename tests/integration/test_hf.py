@@ -10,13 +10,18 @@ import pytest
 from raymerge.cli import main
 from raymerge.storage import normalize_ref
 from tests.helpers import shard_bytes
-from tests.hfstandin import register
+from tests.hfstandin import registered
 
 pytestmark = pytest.mark.integration
 
 
-def test_hf_refs_merge_like_local(tmp_path, family, ray_session, capsys):
-    register()
+@pytest.fixture
+def standin():
+    with registered():
+        yield
+
+
+def test_hf_refs_merge_like_local(tmp_path, family, ray_session, capsys, standin):
     root = tmp_path / "hub"
     for name, src in zip(("base", "ft1", "ft2"), family):
         shutil.copytree(src, root / "acme" / f"{name}@main")

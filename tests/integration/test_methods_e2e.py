@@ -268,7 +268,11 @@ def test_layer_range_out_of_bounds(tmp_path, family, capsys):
     p.write_text(json.dumps(cfg))
     rc = main(["plan", str(p)])
     err = capsys.readouterr().err
-    assert rc == 2 and "layer_range: [2, 5] is out of bounds" in err and "(3 layers in model.layers.N)" in err
+    assert (
+        rc == 2
+        and "layer_range: [2, 5] is out of bounds" in err
+        and "(3 layers in model.layers.N)" in err
+    )
     assert not os.path.exists(tmp_path / "out")
 
 
