@@ -14,6 +14,27 @@ import sys
 import time
 
 
+def _first_of_all(marker: str) -> bool:
+    """True for the one caller that creates ``marker``; every other caller waits (up to a
+    minute) until that one has called :func:`_done`, so no job reads while the change is
+    half made (a job that read the old version then would pass, and the test with it)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker + ".done"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker}: the first job never finished its change")
+        time.sleep(0.01)
+    return False
+
+
+def _done(marker: str) -> None:
+    os.close(os.open(marker + ".done", os.O_CREAT | os.O_WRONLY))
+
+
 class KillOnce:
     """A job fault hook: the first job to create ``marker`` SIGKILLs its own worker process
     (between its read and its compute); every other job runs normally."""
@@ -40,9 +61,7 @@ class RewriteOnce:
         self.marker, self.path, self.how = marker, path, how
 
     def __call__(self, job, attempt: int) -> None:
-        try:
-            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
+        if not _first_of_all(self.marker):
             return
         data = bytearray(open(self.path, "rb").read())
         if self.how == "same-size":
@@ -58,6 +77,7 @@ class RewriteOnce:
         time.sleep(0.01)  # a new mtime
         with open(self.path, "r+b") as f:
             f.write(data)
+        _done(self.marker)
 
 
 class ReplaceS3Once:
@@ -68,9 +88,7 @@ class ReplaceS3Once:
         self.marker, self.options, self.key = marker, options, key
 
     def __call__(self, job, attempt: int) -> None:
-        try:
-            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
+        if not _first_of_all(self.marker):
             return
         import s3fs
 
@@ -78,6 +96,7 @@ class ReplaceS3Once:
         data = bytearray(fs.cat_file(self.key))
         data[-1] ^= 0xFF
         fs.pipe_file(self.key, bytes(data))
+        _done(self.marker)
 
 
 class FullDiskOnce:
