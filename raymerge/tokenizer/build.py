@@ -152,7 +152,8 @@ def output_vocabulary(cfg: MergeConfig, toks: Sequence[ModelTokenizer]) -> Outpu
     elif voc.source != "base":
         donor = refs.index(voc.source)
         doc = toks[donor].json(TOKENIZER_JSON) or _need_json(toks[donor], "tokenizer.source")
-    new = [AddedToken(t) for t in voc.tokens or {}]
+    have = parse(doc, f"{refs[donor]}/{TOKENIZER_JSON}").ids
+    new = [AddedToken(t) for t in voc.tokens or {} if t not in have]  # mergekit skips known ones
     doc, out = add_tokens(doc, new, f"{refs[donor]}/{TOKENIZER_JSON}")
     size = len(out.ids)
     if size and max(out.ids.values()) >= size:
