@@ -148,6 +148,12 @@ def _check_whole_config(cfg: MergeConfig, problems: list[str]) -> None:
                 f"calibration: required by {method.name} (a file of inputs or input_ids, "
                 "see raymerge/zipit/gather.py); only matcher: identity works without it"
             )
+        loras = [r for r in cfg.input_refs() if "+" in r]
+        if loras:
+            problems.append(
+                f"models: {method.name} computes activations of the models as stored; LoRA "
+                f"references {loras} are not supported with it (merge the adapters first)"
+            )
     elif cfg.calibration is not None:
         users = ", ".join(m.name for m in REGISTRY.values() if m.calibration)
         problems.append(f"calibration: only used by {users}; remove it for {method.name}")

@@ -102,7 +102,7 @@ def vocab_tensor(
     )
     row = math.prod(origins[0].tensor.shape[1:])
     per_row = row * (sum(itemsize(o.tensor.dtype) for o in origins) + len(reads) * math_item)
-    block = max(1, BLOCK_BYTES // max(1, per_row))
+    block = max(1, min(real, BLOCK_BYTES // max(1, per_row)))
     return VocabTensor(
         name, real, rows, tuple(origins[0].tensor.shape[1:]), block, tuple(origins), slots
     )
