@@ -166,7 +166,8 @@ def output_vocabulary(cfg: MergeConfig, toks: Sequence[ModelTokenizer]) -> Outpu
     names = {i: t for t, i in out.ids.items()}
     rows_of = tuple(_rows(out, v, _limit(t, v)) for v, t in zip(vocabs, toks))
     rules = _rules(cfg, out, vocabs, refs)
-    changed = doc != (toks[donor].json(TOKENIZER_JSON) if donor != base else base_doc)
+    before = parse(base_doc if donor == base else toks[donor].json(TOKENIZER_JSON) or {}, where)
+    changed = (dict(before.ids), dict(before.added)) != (dict(out.ids), dict(out.added))
     return OutputVocab(
         size, rows, rows_of, rules, prefer, False, donor, doc if changed else None, names
     )

@@ -265,3 +265,29 @@ def test_chunked_vocabulary_equals_unchunked(method, big, tmp_path, ray_session,
     assert shard_bytes(str(a)) == shard_bytes(str(b))
     got = load_model(str(a))
     assert got[EMBED].shape == (2112, 64) and torch.equal(got[EMBED][9], torch.zeros(64))
+
+
+def test_an_adapter_rewritten_mid_run_fails_before_commit(fx, tmp_path, ray_session):
+    """The adapter's files are inputs like the model's: fingerprinted at plan time, proved at
+    every read; changed mid-run, nothing is committed."""
+    import shutil
+
+    import tests.chaos
+    from raymerge.config import load_config
+    from raymerge.errors import InputError
+    from raymerge.options import ExecOptions, RunOptions
+    from raymerge.pipeline import RunHooks, run_merge
+
+    lora = tmp_path / "lora"
+    shutil.copytree(fx["LORA"], lora)
+    weights = lora / "adapter_model.safetensors"
+    cfg = load_config(
+        {"merge_method": "passthrough", "models": [{"model": f"{fx['BASE']}+{lora}"}]}
+    )
+    hook = tests.chaos.RewriteOnce(str(tmp_path / "marker"), str(weights))
+    opts = RunOptions(job_bytes=4 << 10, execution=ExecOptions(progress=False))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="changed since planning") as ei:
+        run_merge(cfg, str(out), opts, RunHooks(job_fault=hook))
+    assert "adapter_model.safetensors" in str(ei.value)
+    assert not (out / "_SUCCESS").exists()
