@@ -119,8 +119,9 @@ def make_plan(
         raise ValueError("one layout per input reference is required")
     _check_sizes(job_memory, job_bytes, shard_size)
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
-    ads = adapter_inputs(refs, layouts, adapters or [None] * len(refs))
+    raw = layouts
     layouts, quant = _dequantized(refs, configs, layouts)
+    ads = adapter_inputs(refs, raw, adapters or [None] * len(refs), layouts)
     order = [n for n in order if n in layouts[0]]
     zl = zip_layout(cfg, refs, layouts, configs) if cfg.method.calibration else None
     found = tensor_specs(cfg, refs, layouts, order, configs, zl)

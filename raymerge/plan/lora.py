@@ -26,6 +26,7 @@ from raymerge.io.header import TensorSource, itemsize
 from raymerge.plan.records import LoraTarget, LoraUse
 
 PREFIX = "base_model.model."
+HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"  # tied: raymerge.plan.specs.TIED
 LORA_BLOCK = 64  # rows per LoRA product: fixed per tensor, so chunking never changes it
 _UNSUPPORTED = {
     "use_dora": "DoRA",
@@ -71,15 +72,25 @@ def adapter_inputs(
     refs: Sequence[str],
     layouts: Sequence[Mapping[str, TensorSource]],
     adapters: Sequence[AdapterFiles | None],
+    untied: Sequence[Mapping[str, TensorSource]] = (),
 ) -> dict[int, Adapter]:
     """Each ``model+lora`` input's adapter, by input index; the adapters themselves are inputs
-    ``len(refs)``, ``len(refs) + 1``, ... in the order given."""
+    ``len(refs)``, ``len(refs) + 1``, ... in the order given. ``untied``: the layouts where a
+    tied model's lm_head reads its embedding: that lm_head gets the embedding's update too (PEFT
+    updates the one shared weight)."""
     out = {}
     nxt = len(refs)
     for i, files in enumerate(adapters):
         if files is None:
             continue
-        out[i] = adapter_targets(files.ref, nxt, files.config, files.tensors, layouts[i])
+        ad = adapter_targets(files.ref, nxt, files.config, files.tensors, layouts[i])
+        if untied and HEAD not in layouts[i] and HEAD in untied[i]:  # lm_head = the embedding
+            targets, replaced = dict(ad.targets), dict(ad.replaced)
+            for table in (targets, replaced):
+                if EMBED in table:
+                    table[HEAD] = table[EMBED]
+            ad = Adapter(ad.ref, ad.input, targets, replaced)
+        out[i] = ad
         nxt += 1
     return out
 

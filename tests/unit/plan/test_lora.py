@@ -102,3 +102,27 @@ def test_row_ranges_get_the_slices_of_the_whole_update(layout):
     for e0, e1 in [(0, 7), (70, 700), (7 * 63, 7 * 65), (3, 1049)]:
         assert torch.equal(delta(e0, e1), whole[e0:e1]), (e0, e1)
     assert lora_rows(LoraUse(target, 7 * 63, 7 * 65)) == (0, 2 * LORA_BLOCK)
+
+
+def test_a_tied_models_lm_head_gets_its_embeddings_update():
+    """PEFT updates the one weight a tied lm_head shares with the embedding: where the plan reads
+    a tied model's lm_head from its embedding, that read gets the embedding's update."""
+    from raymerge.plan.lora import AdapterFiles, adapter_inputs
+    from raymerge.plan.specs import untie
+
+    emb = TensorSource("model.embed_tokens.weight", "m", "F32", (10, 6), 0, 240)
+    ref = {"model.embed_tokens.weight": emb, "lm_head.weight": emb}
+    tied = {"model.embed_tokens.weight": emb}
+    files = AdapterFiles(
+        "L",
+        {
+            P + "model.embed_tokens.lora_embedding_A": ts("a", (2, 10)),
+            P + "model.embed_tokens.lora_embedding_B": ts("b", (6, 2)),
+        },
+        {"r": 2, "lora_alpha": 2},
+    )
+    ads = adapter_inputs(["ref", "tied+L"], [ref, tied], [None, files], untie([ref, tied]))
+    t = ads[1].targets
+    assert t["lm_head.weight"] is t["model.embed_tokens.weight"] and ads[1].input == 2
+    alone = adapter_inputs(["tied+L"], [tied], [files], untie([tied]))  # the output is tied too
+    assert "lm_head.weight" not in alone[0].targets
