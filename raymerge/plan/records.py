@@ -215,8 +215,13 @@ class Job:
 
     @property
     def bytes_read(self) -> int:
+        """Bytes its pieces' sources name: the data, scales and LoRA ranges."""
+        from raymerge.plan.lora import lora_ranges  # plan.lora builds on these records
+
         return sum(
-            s.end - s.start + (s.scale.end - s.scale.start if s.scale else 0)
+            s.end - s.start
+            + (s.scale.end - s.scale.start if s.scale else 0)
+            + (sum(b - a for _, a, b in lora_ranges(s.lora)) if s.lora else 0)
             for p in self.pieces
             for s in p.sources
         )
