@@ -2,7 +2,8 @@
 
 Order of visibility (nothing looks complete before it is): the sink commits every shard (rename /
 complete upload), then ``manifest.parquet``, ``config.json`` (dtype and layer count updated) and
-the other side files of the reference model, the model card ``README.md``,
+the other side files (the reference model's, or the tokenizer the config asks for), the model
+card ``README.md``,
 ``model.safetensors.index.json``, and ``_SUCCESS`` last.
 """
 
@@ -16,8 +17,7 @@ from typing import Any
 from raymerge import __version__
 from raymerge.card import model_card
 from raymerge.config import MergeConfig
-from raymerge.io.files import read_small, write_small
-from raymerge.io.fingerprint import InputChangedError
+from raymerge.io.files import write_small
 from raymerge.io.reader import INDEX_FILE, ModelLayout
 from raymerge.io.sinks.base import checksum
 from raymerge.manifest import MANIFEST, build_table, write_manifest
@@ -26,6 +26,7 @@ from raymerge.output import SUCCESS, is_output_file
 from raymerge.plan import Plan, ShardPlan
 from raymerge.results import JobResult
 from raymerge.storage import Location
+from raymerge.tokenizer import SideFiles
 
 MAX_SIDE_FILE_BYTES = 200_000_000  # a tokenizer.json of a 256k vocabulary is ~20 MB
 _TMP = re.compile(r"^.+\.tmp-\d+$")
@@ -52,26 +53,24 @@ def _shard_records(plan: Plan, results: Mapping[int, JobResult]) -> list[dict[st
 
 
 def _side_files(plan: Plan, layouts: Sequence[ModelLayout]) -> dict[str, bytes]:
-    """The reference model's side files as the output gets them, each checked to be the
-    version the run was planned from (config.json rewritten for the output)."""
+    """The output's side files (:class:`raymerge.tokenizer.SideFiles`; by default the reference
+    model's), copied ones checked to be the version the run was planned from; config.json
+    rewritten for the output."""
+    side = plan.side or SideFiles({}, {n: 0 for n in layouts[0].side_files})
     out: dict[str, bytes] = {}
-    ref = layouts[0]
-    for name in ref.side_files:
-        loc = ref.location.child(name)
-        data = read_small(loc, MAX_SIDE_FILE_BYTES)
-        planned = ref.files.get(name)
-        if planned is not None and planned.size != len(data):
-            raise InputChangedError(loc.url, f"size {planned.size} -> {len(data)}")
-        if name == "config.json" and plan.tensor_dtypes:
-            conf = rewrite(
-                json.loads(data),
-                tensor_dtypes=plan.tensor_dtypes,
-                layer_map=plan.layer_map,
-                configs=[lay.config for lay in layouts],
-                dequantized=plan.dequantized,
-            )
-            data = (json.dumps(conf, indent=2) + "\n").encode()
-        out[name] = data
+    for name, i in sorted(side.copied.items()):
+        out.update(layouts[i].read_side([name], MAX_SIDE_FILE_BYTES))
+    out.update(side.made)
+    if "config.json" in out and plan.tensor_dtypes:
+        conf = rewrite(
+            json.loads(out["config.json"]),
+            tensor_dtypes=plan.tensor_dtypes,
+            layer_map=plan.layer_map,
+            configs=[lay.config for lay in layouts],
+            dequantized=plan.dequantized,
+            vocab_size=side.vocab_size,
+        )
+        out["config.json"] = (json.dumps(conf, indent=2) + "\n").encode()
     return out
 
 

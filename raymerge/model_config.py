@@ -119,6 +119,7 @@ def rewrite(
     layer_map: Sequence[tuple[int, int]] | None = None,
     configs: Sequence[Mapping[str, Any] | None] = (),
     dequantized: bool = False,
+    vocab_size: int | None = None,
 ) -> dict[str, Any]:
     """The output's config.json.
 
@@ -128,6 +129,8 @@ def rewrite(
         layer_map: per output layer of a frankenmerge, (input index, source layer).
         configs: every input's config.json (for the per-layer settings of its layers).
         dequantized: the inputs were quantised; the output holds plain weights.
+        vocab_size: the output vocabulary's rows (a tokenizer configured): ``vocab_size``
+            (a VLM's ``text_config.vocab_size`` when that is where it is) becomes this.
     """
     out = copy.deepcopy(dict(conf))
     if dequantized:
@@ -137,6 +140,12 @@ def rewrite(
         _set_dtype(out, torch_dtype_name(float_dtypes.pop()))
     if layer_map is not None:
         _remap(_layer_config(out), layer_map, configs)
+    if vocab_size is not None:
+        text = out.get("text_config")
+        if "vocab_size" not in out and isinstance(text, dict) and "vocab_size" in text:
+            text["vocab_size"] = vocab_size
+        else:
+            out["vocab_size"] = vocab_size
     return out
 
 

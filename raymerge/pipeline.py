@@ -15,22 +15,32 @@ from typing import Any
 
 from raymerge.commit import commit_output
 from raymerge.config import MergeConfig
+from raymerge.config.tokenizer import split_lora
 from raymerge.errors import InputError
 from raymerge.execution.local import execute_local, use_local
 from raymerge.io.files import DiskFullError
 from raymerge.io.fingerprint import digest
 from raymerge.io.lease import Lease
 from raymerge.io.ranges import fetch
-from raymerge.io.reader import ModelLayout, read_model
+from raymerge.io.reader import ModelLayout, read_adapter, read_model
 from raymerge.io.sinks import Sink, make_sink
 from raymerge.ledger import Ledger, kept_jobs, plan_hash
 from raymerge.options import MIN_PART_BYTES, RunOptions
 from raymerge.output import Claim, check_not_an_input, claim_output, inspect_output
 from raymerge.plan import Job, Plan, make_plan
+from raymerge.plan.lora import AdapterFiles
 from raymerge.progress import Progress
 from raymerge.results import ExecResult, JobResult
 from raymerge.storage import Location, resolve, storage_retries
 from raymerge.summary import peak_rss, run_summary
+from raymerge.tokenizer import (
+    READ_FILES,
+    ModelTokenizer,
+    chat_template,
+    config_vocab_size,
+    output_vocabulary,
+    side_files,
+)
 from raymerge.worker import FaultHook, JobContext
 
 
@@ -44,29 +54,65 @@ class RunHooks:
     after_job: Callable[[Job, int], None] | None = None
 
 
+MAX_TOKENIZER_BYTES = 200_000_000  # a tokenizer.json of a 256k vocabulary is ~20 MB
+
+
 def load_inputs(cfg: MergeConfig) -> list[ModelLayout]:
-    """Read and validate every input's headers (range reads only)."""
-    return [read_model(ref, resolve(ref, cfg.storage_options)) for ref in cfg.input_refs()]
+    """Read and validate every input's headers (range reads only): the models of
+    ``cfg.input_refs()`` (``model+lora``: the model's folder), then their LoRA adapters, in
+    that order."""
+    models, adapters = [], []
+    for ref in cfg.input_refs():
+        model, lora = split_lora(ref)
+        models.append(read_model(model, resolve(model, cfg.storage_options)))
+        if lora is not None:
+            adapters.append(read_adapter(lora, resolve(lora, cfg.storage_options)))
+    return models + adapters
+
+
+def tokenizer_inputs(cfg: MergeConfig, models: list[ModelLayout]) -> list[ModelTokenizer]:
+    """Each model's tokenizer files, as the vocabulary and the chat template need them (small
+    bounded reads of side files, never the weights)."""
+    need = cfg.vocabulary is not None or cfg.chat_template is not None
+    return [
+        ModelTokenizer(
+            m.ref,
+            m.read_side(list(READ_FILES), MAX_TOKENIZER_BYTES) if need else {},
+            tuple(m.side_files),
+            config_vocab_size(m.config),
+        )
+        for m in models
+    ]
 
 
 def build_plan(
     cfg: MergeConfig, opts: RunOptions, min_part_bytes: int = MIN_PART_BYTES
 ) -> tuple[Plan, list[ModelLayout]]:
-    """Read headers and plan. ``min_part_bytes``: smallest job (S3 part) but a shard's last;
-    0 for local outputs, which have no such limit."""
+    """Read headers and the small tokenizer files, and plan. ``min_part_bytes``: smallest job
+    (S3 part) but a shard's last; 0 for local outputs, which have no such limit."""
     layouts = load_inputs(cfg)
-    ref = layouts[0]
+    refs = cfg.input_refs()
+    models, extra = layouts[: len(refs)], iter(layouts[len(refs) :])
+    adapters: list[AdapterFiles | None] = []
+    for r in refs:
+        a = next(extra) if split_lora(r)[1] is not None else None
+        adapters.append(None if a is None else AdapterFiles(a.ref, a.tensors, a.config or {}))
+    toks = tokenizer_inputs(cfg, models)
+    vocab = output_vocabulary(cfg, toks)
     plan = make_plan(
         cfg,
-        [lay.tensors for lay in layouts],
-        ref.order,
-        model_configs=[lay.config for lay in layouts],
+        [lay.tensors for lay in models],
+        models[0].order,
+        model_configs=[lay.config for lay in models],
         shard_size=opts.shard_size,
         job_memory=opts.job_memory,
         job_bytes=opts.job_bytes,
         min_part_bytes=min_part_bytes,
+        vocab=vocab,
+        adapters=adapters,
     )
-    check_copied_tensors(cfg, plan, layouts)
+    plan.side = side_files([m.side_files for m in models], toks, vocab, chat_template(cfg, toks))
+    check_copied_tensors(cfg, plan, models)
     return plan, layouts
 
 

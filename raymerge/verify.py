@@ -21,7 +21,7 @@ from raymerge.errors import InputError, VerifyError
 from raymerge.io.files import read_small
 from raymerge.io.fingerprint import FileFingerprint, differences
 from raymerge.io.ranges import fetch
-from raymerge.io.reader import INDEX_FILE, read_headers, read_model
+from raymerge.io.reader import INDEX_FILE, read_adapter, read_headers, read_model
 from raymerge.io.sinks.base import checksum
 from raymerge.manifest import MANIFEST, parse_manifest
 from raymerge.output import SUCCESS
@@ -147,7 +147,8 @@ def check_inputs(
         if MASK in ref:
             raise VerifyError(f"{ref}: the reference holds redacted credentials; cannot re-read")
         try:
-            layout = read_model(ref, resolve(ref, storage_options))
+            reader = read_adapter if model.get("kind") == "lora" else read_model
+            layout = reader(ref, resolve(ref, storage_options))
         except InputError as exc:
             raise VerifyError(f"input {ref}: {exc}") from None
         for name, rec in model.get("files", {}).items():

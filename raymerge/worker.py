@@ -10,7 +10,7 @@ the job, never on the worker, attempt or timing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,15 +23,21 @@ else:
     from raymerge._lazy import torch
 
 from raymerge.buffers import out_buffer, out_view
-from raymerge.dequant import dequantize
-from raymerge.errors import InputError, RaymergeError
+from raymerge.errors import RaymergeError
 from raymerge.io.fingerprint import FileFingerprint
 from raymerge.io.header import DTYPES
-from raymerge.io.ranges import decode, fetch, recheck_local
 from raymerge.io.sinks.base import checksum
-from raymerge.methods import BLOCK_ELEMENTS, get_method, merge_piece, piece_stats
+from raymerge.methods import get_method, merge_piece, piece_stats
 from raymerge.methods.base import PieceInfo, Stats
 from raymerge.plan import Job, Piece
+from raymerge.reading import (
+    Cached,
+    finite,
+    nonfinite_input,
+    piece_inputs,
+    read_pieces,
+    recheck_inputs,
+)
 from raymerge.results import JobResult, StatsResult
 from raymerge.storage import Location, counting_retries
 from raymerge.summary import peak_rss
@@ -70,57 +76,6 @@ class NonFiniteError(RaymergeError):
     """A merge turned finite inputs into NaN/Inf (e.g. an overflowing lambda)."""
 
 
-Cached = Sequence[Sequence[Any] | None]  # per piece: its sources' bytes (None: not held)
-
-
-def read_pieces(
-    pieces: Sequence[Piece], ctx: JobContext, cached: Cached | None = None
-) -> tuple[list[list[Any]], list[list[Any]], int]:
-    """Raw bytes of every source of every piece (and of the scales of quantised sources), in
-    piece and read order; one batch per input.
-
-    ``cached[pi][k]``, where given and not None, is source k of piece pi already in memory (a
-    chunk kept from an earlier statistics round) and is not read again (its scales, tiny, are).
-
-    Returns:
-        Per piece its sources' bytes, per piece its sources' scale bytes (None: not quantised),
-        and the bytes read from storage.
-    """
-    wanted: dict[int, list[tuple[int, int, bool, tuple[str, int, int]]]] = {}
-    out: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
-    scales: list[list[Any]] = [[None] * len(p.sources) for p in pieces]
-    nread = 0
-    for pi, p in enumerate(pieces):
-        have = cached[pi] if cached else None
-        for k, s in enumerate(p.sources):
-            if s.scale is not None:
-                sc = s.scale
-                wanted.setdefault(s.input, []).append((pi, k, True, (sc.file, sc.start, sc.end)))
-                nread += sc.end - sc.start
-            if have is not None and have[k] is not None:
-                out[pi][k] = have[k]
-                continue
-            wanted.setdefault(s.input, []).append((pi, k, False, (s.file, s.start, s.end)))
-            nread += s.end - s.start
-    for i, items in wanted.items():
-        got = fetch(ctx.inputs[i], [r for *_, r in items], ctx.expect(i), ctx.s3_reader)
-        for (pi, k, is_scale, _), buf in zip(items, got):
-            (scales if is_scale else out)[pi][k] = buf
-    return out, scales, nread
-
-
-def recheck_inputs(pieces: Sequence[Piece], ctx: JobContext) -> None:
-    """The local files these pieces were mapped from are still their planned version (their
-    pages were read during the compute, after the checks :func:`fetch` made when mapping)."""
-    used: dict[int, set[str]] = {}
-    for p in pieces:
-        for i, file in p.reads_files:
-            if ctx.inputs[i].is_local:
-                used.setdefault(i, set()).add(file)
-    for i, files in used.items():
-        recheck_local(ctx.inputs[i], files, ctx.expect(i))
-
-
 def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
     """The sources of ``piece`` worth keeping in memory for its next reads: those of remote
     inputs, as uint8 arrays (zero-copy; Ray stores numpy arrays out of band). Local inputs are
@@ -133,59 +88,18 @@ def keepable(piece: Piece, raw: Sequence[Any], ctx: JobContext) -> list[Any]:
     ]
 
 
-def _tensors(
-    p: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, device: str, check: bool = True
-) -> Iterator[torch.Tensor]:
-    """Decoded inputs in their stored dtype (converted to the math dtype block by block later);
-    quantised ones dequantised to float32 (codes x scales). ``check``: refuse NaN/Inf inputs
-    (unless allowed) now; otherwise the caller checks the result (:func:`_check_result`)."""
-    for s, data, sdata in zip(p.sources, raw, scales):
-        t = decode(data, s.dtype, p.piece_shape)
-        if s.scale is not None:
-            t = dequantize(t, decode(sdata, s.scale.dtype, s.scale.shape), s.scale)
-        if check and not p.copy and not ctx.allow_nonfinite and not finite(t):
-            _nonfinite_input(p, s, ctx)
-        if device == "cpu":
-            yield t
-        else:  # through page-locked memory (torch caches those blocks): a DMA copy, no staging
-            yield t.pin_memory().to(device=device, non_blocking=True)
-
-
-def _nonfinite_input(p: Piece, s: Any, ctx: JobContext) -> None:
-    raise InputError(
-        f"{ctx.inputs[s.input].url}/{s.file}: tensor {s.tensor!r} holds NaN or Inf values; "
-        "pass --allow-nonfinite to merge anyway"
-    )
-
-
 def _check_result(p: Piece, result: torch.Tensor, inputs: list[torch.Tensor], ctx: JobContext):
     """A non-finite result: from a non-finite input (named), or from the merge itself."""
     if ctx.allow_nonfinite or finite(result):
         return
     for s, t in zip(p.sources, inputs):
         if not finite(t):
-            _nonfinite_input(p, s, ctx)
+            raise nonfinite_input(s, ctx)
     raise NonFiniteError(
         f"tensor {p.name!r}: the merge produced NaN or Inf values from finite inputs "
         "(overflow: check the weights and lambda); nothing was committed. Pass "
         "--allow-nonfinite to write them anyway"
     )
-
-
-def finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf in ``t``. A float32 sum is NaN/Inf whenever an element is, so one cheap
-    reduction per block settles the common case (a block-sized float32 temporary, never a
-    tensor-sized one); only a non-finite sum (or overflow) gets the exact scan."""
-    if not t.is_floating_point() or t.numel() == 0:
-        return True
-    flat = t.reshape(-1)
-    for a in range(0, flat.numel(), BLOCK_ELEMENTS):
-        blk = flat[a : a + BLOCK_ELEMENTS]
-        if not bool(torch.isfinite(blk.sum(dtype=torch.float32))) and not bool(
-            torch.isfinite(blk).all()
-        ):
-            return False
-    return True
 
 
 def _split(p: Piece, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
@@ -221,18 +135,18 @@ def run_stats(
         The statistics, and the kept bytes (None unless ``keep``).
     """
     with counting_retries() as retries:
-        raws, scales, nread = read_pieces([piece], ctx, [cached])
+        raws, extra, nread = read_pieces([piece], ctx, [cached])
     with compute_lock or nullcontext():
-        stats = _piece_stats(piece, raws[0], scales[0], ctx, prev, device)
+        stats = _piece_stats(piece, raws[0], extra[0], ctx, prev, device)
     recheck_inputs([piece], ctx)
     kept = keepable(piece, raws[0], ctx) if keep else None
     return StatsResult(stats, nread, retries[0]), kept
 
 
 def _piece_stats(
-    piece: Piece, raw: list[Any], scales: list[Any], ctx: JobContext, prev: list[Stats], device: str
+    piece: Piece, raw: list[Any], extra: list[Any], ctx: JobContext, prev: list[Stats], device: str
 ):
-    base, others = _split(piece, list(_tensors(piece, raw, scales, ctx, device)))
+    base, others = _split(piece, piece_inputs(piece, raw, extra, ctx, device))
     prev_dev = [{k: v.to(device) for k, v in st.items()} for st in prev]
     part = piece_stats(
         get_method(ctx.method),
@@ -276,13 +190,13 @@ def run_job(
     """
     with counting_retries() as retries:
         t0 = time.perf_counter()
-        raw, scales, nread = read_pieces(job.pieces, ctx, cached)
+        raw, extra, nread = read_pieces(job.pieces, ctx, cached)
         if ctx.fault is not None:
             ctx.fault(job, attempt)
         t_read = time.perf_counter() - t0
         with compute_lock or nullcontext():
             t1 = time.perf_counter()
-            view, checks = _compute(job, (raw, scales), ctx, stats, device, external)
+            view, checks = _compute(job, (raw, extra), ctx, stats, device, external)
             t_compute = time.perf_counter() - t1
         recheck_inputs(job.pieces, ctx)
         t2 = time.perf_counter()
@@ -316,8 +230,8 @@ def _compute(
     external: Mapping[str, Any] | None,
 ) -> tuple[memoryview, list[str]]:
     """The job's output bytes (header included) and one checksum per piece; ``read``: the
-    sources' bytes and their scales' (see :func:`read_pieces`)."""
-    raw, scales = read
+    sources' bytes and their extras' (see :func:`read_pieces`)."""
+    raw, extra = read
     method = get_method(ctx.method)
     math_dtype = DTYPES[ctx.math_dtype][0]
     buf = out_buffer(job, len(ctx.headers[job.shard]))
@@ -326,13 +240,13 @@ def _compute(
         header = ctx.headers[job.shard]
         view[: len(header)] = header
     checks: list[str] = []
-    for p, p_raw, p_scales in zip(job.pieces, raw, scales):
+    for p, p_raw, p_extra in zip(job.pieces, raw, extra):
         lo, hi = p.out_start - job.out_start, p.out_end - job.out_start
         if p.copy:  # a non-float tensor: its bytes, as they are
             view[lo:hi] = memoryview(p_raw[0]).cast("B")
             checks.append(checksum(view[lo:hi]))
             continue
-        inputs = list(_tensors(p, p_raw, p_scales, ctx, device, not method.nonfinite_propagates))
+        inputs = piece_inputs(p, p_raw, p_extra, ctx, device, not method.nonfinite_propagates)
         base, others = _split(p, inputs)
         tensor_stats = None
         if p.n_chunks > 1 and p.rounds:

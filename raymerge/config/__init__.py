@@ -1,7 +1,8 @@
 """Strict, mergekit-compatible merge configuration.
 
-A mergekit YAML (``merge_method``, ``base_model``, ``models: [{model, parameters}]``, global
-``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source``) loads as-is for what raymerge
+A mergekit YAML (``merge_method``, ``base_model``, ``models: [{model, parameters}]`` or
+``slices``, global ``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source`` or the
+``tokenizer:`` block, ``chat_template``, ``model+lora`` references) loads as-is for what raymerge
 supports. Everything else is an error, and :func:`load_config` reports every problem at once, each
 naming the field, the bad value and the valid options.
 

@@ -80,6 +80,7 @@ def validate_parameters(cfg: MergeConfig) -> tuple[list[str], list[str]]:
     glob = cfg.parameters or {}
     _check_block(cfg, glob, "parameters", False, problems, warnings)
     _check_whole_config(cfg, problems)
+    _check_tokenizer(cfg, problems)
     for where, entries, slice_params in groups(cfg):
         if slice_params:
             where_sl = where.removesuffix(".sources") + ".parameters"
@@ -147,6 +148,12 @@ def _check_whole_config(cfg: MergeConfig, problems: list[str]) -> None:
                 f"calibration: required by {method.name} (a file of inputs or input_ids, "
                 "see raymerge/zipit/gather.py); only matcher: identity works without it"
             )
+        loras = [r for r in cfg.input_refs() if "+" in r]
+        if loras:
+            problems.append(
+                f"models: {method.name} computes activations of the models as stored; LoRA "
+                f"references {loras} are not supported with it (merge the adapters first)"
+            )
     elif cfg.calibration is not None:
         users = ", ".join(m.name for m in REGISTRY.values() if m.calibration)
         problems.append(f"calibration: only used by {users}; remove it for {method.name}")
@@ -154,6 +161,33 @@ def _check_whole_config(cfg: MergeConfig, problems: list[str]) -> None:
         problems.append(f"base_model: required by {method.name}")
     if cfg.non_float_tensors == "from_base" and not cfg.base_model:
         problems.append("non_float_tensors: 'from_base' needs a base_model to copy them from")
+
+
+def _check_tokenizer(cfg: MergeConfig, problems: list[str]) -> None:
+    """The models the tokenizer keys name are models of the merge."""
+    voc = cfg.vocabulary
+    if voc is None:
+        return
+    key = "tokenizer.source" if cfg.tokenizer is not None else "tokenizer_source"
+    refs = cfg.input_refs()
+    if cfg.method.calibration:
+        problems.append(
+            f"{key}: {cfg.merge_method} permutes hidden features; vocabulary alignment is not "
+            "supported with it (merge models of one vocabulary, or use another method)"
+        )
+    if voc.source not in ("union", "base") and voc.source not in refs:
+        problems.append(
+            f"{key}: {voc.source!r} is not one of the models of this merge; valid: 'union', "
+            f"'base' or one of {refs} (raymerge reads the tokenizers of merged models only)"
+        )
+    for tok, emb in (voc.tokens or {}).items():
+        src = emb.source
+        model = src if isinstance(src, str) else getattr(src, "model", None)
+        if model is not None and model not in refs:
+            problems.append(
+                f"tokenizer.tokens.{tok}.source: {model!r} is not one of the models of this "
+                f"merge{did_you_mean(model, refs)}; valid: {refs}"
+            )
 
 
 def _check_inputs(cfg: MergeConfig, where: str, entries: list[Any], problems: list[str]) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from raymerge.config.checks import did_you_mean, validate_parameters
 from raymerge.config.models import Calibration, InputModel, MergeConfig, Slice, SliceSource
+from raymerge.config.tokenizer import ModelToken, TokenEmbedding, TokenizerConfig, ZeroToken
 from raymerge.errors import ConfigError
 from raymerge.redaction import redact
 
@@ -33,6 +34,11 @@ _MODELS = {
     "slices": Slice,
     "sources": SliceSource,
     "calibration": Calibration,
+    "tokenizer": TokenizerConfig,
+    "tokens": TokenEmbedding,
+    "source": ModelToken,
+    "model_token": ModelToken,
+    "zero": ZeroToken,
 }
 
 
@@ -186,12 +192,45 @@ def _copy(obj: Any) -> Any:
     return obj
 
 
+_BRANCH_TYPES = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _branchless(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's union-branch parts (``tagged-union[...]`` and its tag,
+    ``str``, ``function-after[...]``): the field as the user wrote it."""
+    out: list[Any] = []
+    skip_tag = False
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _BRANCH_TYPES or skip_tag):
+            skip_tag = part.startswith("tagged-union[")
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _union_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of the errors a union field collects (one per branch), the ones that say something:
+    "should be a valid string" for a mapping is dropped when a mapping branch explains more."""
+    by_loc: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in errors:
+        by_loc.setdefault(_branchless(err["loc"]), []).append({**err, "raw": err["loc"]})
+    out = []
+    for loc, errs in by_loc.items():
+        deeper = any(other[: len(loc)] == loc and other != loc for other in by_loc)
+        useful = [e for e in errs if not e["type"].endswith("_type")]
+        if not useful and not deeper:  # only type errors: one, naming every accepted type
+            msg = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
+            useful = [{**errs[0], "msg": f"Input should be {msg}"}]
+        out += [{**e, "loc": loc} for e in useful]
+    return out
+
+
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     out = []
-    for err in exc.errors():
+    for err in _union_errors(exc.errors()):
         loc = _loc_text(err["loc"])
         if err["type"] == "extra_forbidden":
-            key, valid = str(err["loc"][-1]), _parent_fields(err["loc"])
+            key, valid = str(err["loc"][-1]), _parent_fields(err["raw"])
             out.append(
                 f"{loc}: unknown key {key!r}{did_you_mean(key, valid)}; valid keys: "
                 f"{', '.join(valid)}"

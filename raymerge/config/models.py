@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from raymerge.config.tokenizer import TEMPLATE_NAMES, TokenizerConfig, check_ref
 from raymerge.methods import REGISTRY, MergeMethod
 from raymerge.redaction import redact
 
@@ -33,26 +34,21 @@ class _Strict(BaseModel):
 
 
 class InputModel(_Strict):
-    model: str = Field(description="local folder, file://, s3://, hf://org/repo@rev or org/repo")
+    model: str = Field(
+        description="local folder, file://, s3://, hf://org/repo@rev or org/repo; "
+        "'model+lora' applies a PEFT LoRA adapter"
+    )
     parameters: dict[str, Any] | None = Field(default=None, description="per-model parameters")
 
-    @field_validator("model")
-    @classmethod
-    def _no_lora(cls, v: str) -> str:
-        if "+" in v and "://" not in v:
-            raise ValueError(
-                f"LoRA references ('model+lora') are not supported: {v!r}; merge the adapter "
-                "into the model first"
-            )
-        if not v.strip():
-            raise ValueError("model reference is empty")
-        return v
+    _ref = field_validator("model")(check_ref)
 
 
 class SliceSource(_Strict):
     model: str = Field(description="model reference")
     layer_range: tuple[int, int] = Field(description="[start, end) layer indices of this model")
     parameters: dict[str, Any] | None = Field(default=None, description="per-source parameters")
+
+    _ref = field_validator("model")(check_ref)
 
 
 class Slice(_Strict):
@@ -89,7 +85,16 @@ class MergeConfig(_Strict):
     )
     tokenizer_source: str | None = Field(
         default=None,
-        description="'base': output rows follow the base vocabulary (missing rows from the base)",
+        description="'base', 'union' or a model reference: the output vocabulary (embedding "
+        "and lm_head rows follow it); short for tokenizer: {source: ...}",
+    )
+    tokenizer: TokenizerConfig | None = Field(
+        default=None, description="output vocabulary, per-token rows and padding"
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description=f"'auto' (the models' most common), a name ({', '.join(TEMPLATE_NAMES)}) "
+        "or a Jinja template; written to chat_template.jinja",
     )
     calibration: Calibration | None = Field(
         default=None, description="calibration data (zipit, permute)"
@@ -135,12 +140,33 @@ class MergeConfig(_Strict):
             raise ValueError(f"unknown dtype {v!r}; valid: {', '.join(DTYPE_NAMES)}")
         return v
 
-    @field_validator("tokenizer_source")
+    _base_ref = field_validator("base_model")(lambda v: v if v is None else check_ref(v))
+
+    @field_validator("chat_template")
     @classmethod
-    def _tok(cls, v: str | None) -> str | None:
-        if v not in (None, "base"):
-            raise ValueError(f"tokenizer_source {v!r} is not supported yet; valid: base")
+    def _template(cls, v: str | None) -> str | None:
+        if v is None or v == "auto" or v in TEMPLATE_NAMES:
+            return v
+        if "{" not in v:
+            raise ValueError(
+                f"unknown chat template {v!r}; give 'auto', one of {', '.join(TEMPLATE_NAMES)}, "
+                "or a Jinja template (it contains '{')"
+            )
+        if len(v) < 20:
+            raise ValueError(
+                f"a literal chat template is at least 20 characters (mergekit's rule); got {len(v)}"
+            )
         return v
+
+    @property
+    def vocabulary(self) -> TokenizerConfig | None:
+        """The tokenizer settings, whichever key gave them (``tokenizer_source: X`` is
+        ``tokenizer: {source: X}``); None: embeddings are merged as they are."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerConfig(source=self.tokenizer_source)
+        return None
 
     @property
     def method(self) -> MergeMethod:
@@ -154,6 +180,11 @@ class MergeConfig(_Strict):
             raise ValueError("'models' is empty")
         if self.slices is not None and not self.slices:
             raise ValueError("'slices' is empty")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError(
+                "give one of 'tokenizer_source' or 'tokenizer' (tokenizer_source: X is "
+                "tokenizer: {source: X})"
+            )
         return self
 
     def input_refs(self) -> list[str]:

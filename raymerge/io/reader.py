@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raymerge.errors import InputError
-from raymerge.io.fingerprint import FileFingerprint, from_listing
+from raymerge.io.files import read_small
+from raymerge.io.fingerprint import FileFingerprint, InputChangedError, from_listing
 from raymerge.io.header import (
     HeaderError,
     ShardHeader,
@@ -73,11 +74,33 @@ class ModelLayout:
     config: dict[str, Any] | None
     side_files: list[str] = field(default_factory=list)
 
+    adapter: bool = False  # a LoRA adapter folder (adapter_config.json + adapter weights)
+
     def fingerprint(self) -> dict[str, Any]:
         """The input's identity for the run record, the manifest, the model card and nightly
         jobs: every shard's and side file's fingerprint."""
         files = {name: fp.as_record() for name, fp in sorted(self.files.items())}
-        return {"model": redact(self.ref), "files": files}
+        rec = {"model": redact(self.ref), "files": files}
+        return {**rec, "kind": "lora"} if self.adapter else rec
+
+    def read_side(self, names: list[str], max_bytes: int) -> dict[str, bytes]:
+        """The side files ``names`` (those it has), each checked to be the planned size."""
+        out = {}
+        for name in names:
+            if name not in self.side_files:
+                continue
+            loc = self.location.child(name)
+            try:
+                data = read_small(loc, max_bytes)
+            except ValueError as exc:
+                raise InputError(f"{loc.url}: too large for a side file ({exc})") from None
+            except OSError as exc:
+                raise InputError(f"{loc.url}: cannot read: {exc}") from None
+            planned = self.files.get(name)
+            if planned is not None and planned.size != len(data):
+                raise InputChangedError(loc.url, f"size {planned.size} -> {len(data)}")
+            out[name] = data
+        return out
 
 
 def _listing(loc: Location) -> dict[str, dict[str, Any]]:
@@ -207,6 +230,38 @@ def read_model(ref: str, loc: Location) -> ModelLayout:
     return ModelLayout(ref, loc, tensors, order, files, config, side)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_adapter(ref: str, loc: Location) -> ModelLayout:
+    """A PEFT adapter folder: ``adapter_config.json`` and the header of
+    ``adapter_model.safetensors`` (range reads only), both fingerprinted like a model's files."""
+    listing = _listing(loc)
+    if ADAPTER_CONFIG not in listing or ADAPTER_WEIGHTS not in listing:
+        pickles = sorted(n for n in listing if n.endswith(PICKLE_SUFFIXES))
+        raise InputError(
+            f"{loc.url}: not a LoRA adapter folder: needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+            + (f" (it has pickle weights {pickles}, which raymerge never opens)" if pickles else "")
+        )
+    if not listing[ADAPTER_WEIGHTS]["regular"]:
+        raise InputError(f"{loc.url}/{ADAPTER_WEIGHTS}: not a regular file")
+    size = listing[ADAPTER_WEIGHTS]["size"]
+    h = read_headers(loc, [ADAPTER_WEIGHTS], {ADAPTER_WEIGHTS: size})[ADAPTER_WEIGHTS]
+    tensors = {
+        e.name: TensorSource(
+            e.name, ADAPTER_WEIGHTS, e.dtype, e.shape, h.data_start + e.begin, h.data_start + e.end
+        )
+        for e in h.tensors
+    }
+    config = _read_json(loc, ADAPTER_CONFIG, listing)
+    files = {
+        ADAPTER_WEIGHTS: listing[ADAPTER_WEIGHTS]["fp"].with_header_digest(h.digest),
+        ADAPTER_CONFIG: listing[ADAPTER_CONFIG]["fp"],
+    }
+    return ModelLayout(ref, loc, tensors, list(tensors), files, config, [], adapter=True)
+
+
 def _read_json(loc: Location, name: str, listing: dict[str, dict[str, Any]]) -> dict[str, Any]:
     size = listing[name]["size"]
     if size > MAX_INDEX_BYTES:
@@ -276,4 +331,12 @@ def _cat_ranges(loc: Location, paths: list[str], starts: list[int], ends: list[i
     return list(got)
 
 
-__all__ = ["INDEX_FILE", "SIDE_FILES", "ModelLayout", "TensorSource", "read_headers", "read_model"]
+__all__ = [
+    "INDEX_FILE",
+    "SIDE_FILES",
+    "ModelLayout",
+    "TensorSource",
+    "read_adapter",
+    "read_headers",
+    "read_model",
+]

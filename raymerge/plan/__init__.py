@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from raymerge.config import DTYPE_NAMES, MergeConfig, groups
@@ -32,12 +32,13 @@ from raymerge.plan.chunking import (
     Footprint,
     chunk_bounds,
     chunk_even,
-    element_source,
     footprint,
     make_pieces,
     whole_too_big,
 )
+from raymerge.plan.inputs import Inputs
 from raymerge.plan.layout import layout_shards
+from raymerge.plan.lora import AdapterFiles, adapter_inputs
 from raymerge.plan.packing import JOB_OVERHEAD_BYTES, pack_jobs
 from raymerge.plan.quant import Quantized, detect
 from raymerge.plan.records import Job, Piece, Plan, ShardPlan, Source, shard_name
@@ -49,6 +50,8 @@ from raymerge.plan.specs import (
     untie,
     zip_layout,
 )
+from raymerge.plan.vocab import vocab_pieces, vocab_tensor
+from raymerge.tokenizer import ModelTokenizer, OutputVocab, config_vocab_size, output_vocabulary
 
 
 def _check_sizes(job_memory: int, job_bytes: int, shard_size: int) -> None:
@@ -96,6 +99,8 @@ def make_plan(
     job_memory: int = DEFAULT_JOB_MEMORY,
     job_bytes: int = DEFAULT_JOB_BYTES,
     min_part_bytes: int = MIN_PART_BYTES,
+    vocab: OutputVocab | None = None,
+    adapters: Sequence[AdapterFiles | None] | None = None,
 ) -> Plan:
     """Plan a merge.
 
@@ -108,6 +113,10 @@ def make_plan(
         job_memory: the memory budget of one job.
         job_bytes: the output bytes per job (and S3 part) to aim for.
         min_part_bytes: the smallest job but a shard's last (S3's part minimum; 0 locally).
+        vocab: the output vocabulary (:func:`raymerge.tokenizer.output_vocabulary`); None with
+            a tokenizer configured: built from no tokenizer files (rows align by id).
+        adapters: per input reference, its LoRA adapter (``model+lora``), if any; adapters
+            are inputs ``len(refs)``, ... in this order.
 
     Returns:
         The whole run, fixed up front.
@@ -117,19 +126,21 @@ def make_plan(
         raise ValueError("one layout per input reference is required")
     _check_sizes(job_memory, job_bytes, shard_size)
     configs = list(model_configs) if model_configs is not None else [None] * len(refs)
+    raw = layouts
     layouts, quant = _dequantized(refs, configs, layouts)
+    ads = adapter_inputs(refs, raw, adapters or [None] * len(refs), layouts)
     order = [n for n in order if n in layouts[0]]
     zl = zip_layout(cfg, refs, layouts, configs) if cfg.method.calibration else None
     found = tensor_specs(cfg, refs, layouts, order, configs, zl)
     specs, out_layers = found.specs, found.num_hidden_layers
-    inputs = _Inputs(layouts, found.vocab, tuple(quant))
+    inputs = _aligned(cfg, vocab, configs, specs, found.vocab, Inputs(layouts, tuple(quant), ads))
     out_dtypes = {s.name: _out_dtype(cfg, s, inputs) for s in specs}
     by_name = {s.name: s for s in specs}
 
     # 1. shards
     shards, offsets = layout_shards(
         [s.name for s in specs],
-        lambda n: inputs.src(by_name[n]).shape,
+        lambda n: inputs.shape(by_name[n]),
         out_dtypes.__getitem__,
         shard_size,
     )
@@ -138,23 +149,13 @@ def make_plan(
     sizing = _Sizing(job_memory - JOB_OVERHEAD_BYTES, job_bytes, _math_item(cfg))
     shard_pieces = _pieces(cfg, specs, inputs, resolved, out_dtypes, offsets, sizing, len(shards))
     # 3. jobs
-    jobs = pack_jobs(
-        shards,
-        shard_pieces,
-        usable=sizing.usable,
-        job_bytes=job_bytes,
-        min_part_bytes=min_part_bytes,
-    )
+    sizes = dict(usable=sizing.usable, job_bytes=job_bytes, min_part_bytes=min_part_bytes)
+    jobs = pack_jobs(shards, shard_pieces, **sizes)
     run_hash = hashlib.sha256(f"{cfg.hash()}:{shard_size}".encode()).hexdigest()[:16]
-    options = dict(
-        shard_size=shard_size,
-        job_memory=job_memory,
-        job_bytes=job_bytes,
-        min_part_bytes=min_part_bytes,
-    )
-    plan = Plan(
-        run_hash, cfg.method.name, list(refs), out_layers, shards, jobs, out_dtypes, options, zl
-    )
+    options = dict(shard_size=shard_size, job_memory=job_memory, job_bytes=job_bytes)
+    options["min_part_bytes"] = min_part_bytes
+    names = list(refs) + [a.ref for a in adapters or [] if a is not None]
+    plan = Plan(run_hash, cfg.method.name, names, out_layers, shards, jobs, out_dtypes, options, zl)
     plan.layer_map = found.layer_map
     plan.dequantized = any(q is not None for q in quant)
     return plan
@@ -185,6 +186,24 @@ def _pieces(cfg, specs, inputs, resolved, out_dtypes, offsets, sizing, n_shards)
     return shard_pieces
 
 
+def _aligned(cfg, vocab, configs, specs, names: set[str], inputs: Inputs) -> Inputs:
+    """``inputs`` with the row mappings of the vocabulary tensors ``names`` (a tokenizer
+    configured; without a given vocabulary, one built from no tokenizer files: rows by id)."""
+    if cfg.vocabulary is None:
+        return inputs
+    if vocab is None:
+        refs = cfg.input_refs()
+        toks = [ModelTokenizer(r, {}, (), config_vocab_size(c)) for r, c in zip(refs, configs)]
+        vocab = output_vocabulary(cfg, toks)
+    item = _math_item(cfg)
+    maps = {
+        s.name: vocab_tensor(s.name, s.reads, vocab, inputs.origin, item)
+        for s in specs
+        if s.name in names
+    }
+    return replace(inputs, vocab=maps)
+
+
 def _dequantized(refs, configs, layouts) -> tuple[list[dict], list[Quantized | None]]:
     """The layouts to merge (without scale tensors: they travel with their weights; tied
     models' lm_head read from their embeddings), and each input's quantisation."""
@@ -206,35 +225,13 @@ def _too_big_text(problems: list[str], job_memory: int) -> str:
 
 
 @dataclass(frozen=True)
-class _Inputs:
-    """The input layouts, the tensors whose rows follow the base vocabulary, and each input's
-    quantisation."""
-
-    layouts: Sequence[dict[str, TensorSource]]
-    vocab: set[str]
-    quant: tuple[Quantized | None, ...] = ()
-
-    def quantized(self, spec: TensorSpec, k: int) -> bool:
-        i, name = spec.reads[k]
-        q = self.quant[i] if i < len(self.quant) else None
-        return q is not None and name in q.scales
-
-    def src(self, spec: TensorSpec, k: int = 0) -> TensorSource:
-        """Read ``k`` of the output tensor (for a vocabulary tensor, read 0 is the base's)."""
-        if spec.name in self.vocab and k == 0:
-            return self.layouts[0][spec.name]  # the base model's shape and dtype
-        i, name = spec.reads[k]
-        return self.layouts[i][name]
-
-
-@dataclass(frozen=True)
 class _Sizing:
     usable: int  # the job memory budget less the fixed per-job allowance
     job_bytes: int
     math_item: int  # bytes per element of the math dtype
 
 
-def _out_dtype(cfg: MergeConfig, spec: TensorSpec, inputs: _Inputs) -> str:
+def _out_dtype(cfg: MergeConfig, spec: TensorSpec, inputs: Inputs) -> str:
     """The output dtype: a copied tensor's own; else ``out_dtype``/``dtype``; else the
     input's (bf16 for dequantised fp8 codes)."""
     if spec.copy:
@@ -254,7 +251,7 @@ def _math_item(cfg: MergeConfig) -> int:
 def _tensor_pieces(
     cfg: MergeConfig,
     spec: TensorSpec,
-    inputs: _Inputs,
+    inputs: Inputs,
     params: ResolvedParams,
     out_dtype: str,
     out_start: int,
@@ -262,13 +259,10 @@ def _tensor_pieces(
 ) -> list[Piece]:
     """The pieces of one output tensor (phase 2)."""
     method = cfg.method
-    shape = inputs.src(spec).shape
+    shape = inputs.shape(spec)
     out_item = itemsize(out_dtype)
-    # a quantised read holds its codes and, dequantised, their float32 values
-    in_items = [
-        itemsize(inputs.src(spec, k).dtype) + (4 if inputs.quantized(spec, k) else 0)
-        for k in range(len(spec.reads))
-    ]
+    in_items = [inputs.in_item(spec, k, sizing.math_item) for k in range(len(spec.reads))]
+    vt = inputs.vocab.get(spec.name)
     if spec.copy:
         fp = Footprint(sum(in_items) + out_item, 0)
         n = max(1, -(-math.prod(shape) * out_item // sizing.job_bytes))
@@ -287,16 +281,12 @@ def _tensor_pieces(
             job_bytes=sizing.job_bytes,
         )
         rounds = len(method.stat_rounds(params.method, params.models))
-    if spec.name in inputs.vocab:  # split where a model's vocabulary ends: base rows follow
-        row = math.prod(shape[1:])
-        cuts = {inputs.layouts[i][nm].shape[0] * row for i, nm in spec.reads}
-        bounds = sorted(set(bounds) | {c for c in cuts if 0 < c < bounds[-1]})
-    return make_pieces(
+    pieces = make_pieces(
         spec.name,
         shape,
         bounds,
-        lambda e0, e1: tuple(
-            element_source(i, name, inputs.layouts, e0, e1, inputs.quant) for i, name in spec.reads
+        lambda e0, e1: (
+            tuple(inputs.source(i, name, e0, e1) for i, name in spec.reads) if vt is None else ()
         ),
         out_dtype=out_dtype,
         out_start=out_start,
@@ -307,6 +297,10 @@ def _tensor_pieces(
         seed=cfg.random_seed,
         copy=spec.copy,
     )
+    if vt is not None:
+        math_dtype = "F64" if sizing.math_item == 8 else "F32"
+        pieces = vocab_pieces(pieces, vt, math_dtype, sizing.math_item)
+    return pieces
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from raymerge.io.header import TensorSource, itemsize
 from raymerge.methods.base import MergeMethod, stat_unit
 from raymerge.methods.engine import BLOCK_ELEMENTS
 from raymerge.params import ResolvedParams
-from raymerge.plan.quant import Quantized, ScaleOf
+from raymerge.plan.quant import ScaleOf
 from raymerge.plan.records import Piece, ScaleRange, Source
 
 
@@ -174,23 +174,15 @@ def make_pieces(
 
 
 def element_source(
-    i: int,
-    name: str,
-    layouts: Sequence[dict[str, TensorSource]],
-    e0: int,
-    e1: int,
-    quant: Sequence[Quantized | None] = (),
+    i: int, src: TensorSource, e0: int, e1: int, scale: ScaleOf | None = None
 ) -> Source:
-    """Elements [e0, e1) of input ``i``'s tensor, or, past the end of its vocabulary
-    (``tokenizer_source: base``), of the base model's (input 0); with its scales when the
-    tensor is quantised."""
-    own = e1 <= math.prod(layouts[i][name].shape)
-    j = i if own else 0
-    src = layouts[j][name]
+    """Elements [e0, e1) of tensor ``src`` of input ``i``, with the scales they need when it is
+    quantised (``scale``)."""
     item = itemsize(src.dtype)
-    q = quant[j] if j < len(quant) else None
-    scale = _scale_range(src, q.scales[name], e0, e1) if q and name in q.scales else None
-    return Source(j, name, src.file, src.start + e0 * item, src.start + e1 * item, src.dtype, scale)
+    sr = _scale_range(src, scale, e0, e1) if scale is not None else None
+    return Source(
+        i, src.name, src.file, src.start + e0 * item, src.start + e1 * item, src.dtype, sr
+    )
 
 
 def _scale_range(w: TensorSource, of: ScaleOf, e0: int, e1: int) -> ScaleRange:

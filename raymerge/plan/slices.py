@@ -17,6 +17,7 @@ from raymerge.config import MergeConfig
 from raymerge.io.header import FLOAT_DTYPES, TensorSource
 from raymerge.layers import describe, find_stacks, layer_tensors, outside_role
 from raymerge.plan.specs import SpecSet, TensorSpec, problems_error, reads_of
+from raymerge.plan.vocab import is_vocab_tensor
 
 
 def _one_stack(cfg: MergeConfig, refs, layouts):
@@ -115,14 +116,16 @@ def slice_specs(
                 )
     for name in (n for n in outside if outside_role(n) != "pre"):
         add(name, len(slices) - 1, 0.0, lambda e, n=name: n)
-    problems += _read_problems(specs, refs, layouts)
+    vocab = {s.name for s in specs if is_vocab_tensor(s.name)} if cfg.vocabulary else set()
+    problems += _read_problems(specs, refs, layouts, vocab)
     if problems:
         raise problems_error("the slices do not fit the input models", problems)
-    return SpecSet(specs, len(layer_map), set(), tuple(layer_map))
+    return SpecSet(specs, len(layer_map), vocab, tuple(layer_map))
 
 
-def _read_problems(specs: Sequence[TensorSpec], refs, layouts) -> list[str]:
-    """Every tensor an output reads exists, is a float tensor, and all have one shape."""
+def _read_problems(specs: Sequence[TensorSpec], refs, layouts, vocab: set[str]) -> list[str]:
+    """Every tensor an output reads exists, is a float tensor, and all have one shape (but the
+    rows of vocabulary tensors aligned to a tokenizer)."""
     problems: list[str] = []
     for spec in (s for s in specs if not s.copy):
         shapes = set()
@@ -138,7 +141,7 @@ def _read_problems(specs: Sequence[TensorSpec], refs, layouts) -> list[str]:
                     f"tensor {src!r} in {refs[i]} has dtype {layouts[i][src].dtype}; slices "
                     "merge floating-point tensors only"
                 )
-        if len(shapes) > 1:
+        if len(shapes) > 1 and spec.name not in vocab:
             problems.append(
                 f"output {spec.name!r}: its inputs have different shapes "
                 f"{sorted(map(list, shapes))}"

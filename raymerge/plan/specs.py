@@ -17,6 +17,7 @@ from raymerge.config import InputModel, MergeConfig
 from raymerge.errors import InputError
 from raymerge.io.header import FLOAT_DTYPES, TensorSource
 from raymerge.layers import find_stacks, position
+from raymerge.plan.vocab import is_vocab_tensor
 from raymerge.zipit.spaces import ZipLayout, ZipTensor, describe
 
 
@@ -33,17 +34,17 @@ def problems_error(what: str, problems: list[str]) -> InputError:
 
 
 def check_compatible(
-    refs: Sequence[str], layouts: Sequence[dict[str, TensorSource]], vocab_from_base: bool = False
+    refs: Sequence[str], layouts: Sequence[dict[str, TensorSource]], aligned: bool = False
 ) -> set[str]:
     """Every model must hold the same tensor names with the same shapes; list all differences.
 
-    With ``vocab_from_base`` (``tokenizer_source: base``; ``layouts[0]`` is the base), tensors
-    that differ only in their number of rows (embeddings, lm_head of models with other vocab
-    sizes) are allowed; their names are returned.
+    With ``aligned`` (a tokenizer is configured), vocabulary tensors (embeddings, lm_head:
+    :func:`~raymerge.plan.vocab.is_vocab_tensor`) may have any number of rows: their rows follow
+    the output vocabulary. Returns their names (empty without ``aligned``).
     """
     problems: list[str] = []
-    vocab: set[str] = set()
     names0 = set(layouts[0])
+    vocab = {n for n in names0 if is_vocab_tensor(n)} if aligned else set()
     for ref, lay in zip(refs[1:], layouts[1:]):
         for n in sorted(names0 - set(lay)):
             problems.append(f"tensor {n!r} is in {refs[0]} but missing in {ref}")
@@ -51,15 +52,12 @@ def check_compatible(
             problems.append(f"tensor {n!r} is in {ref} but missing in {refs[0]}")
         for n in sorted(names0 & set(lay)):
             a, b = layouts[0][n].shape, lay[n].shape
-            if a == b:
-                continue
-            if vocab_from_base and len(a) >= 2 and len(a) == len(b) and a[1:] == b[1:]:
-                vocab.add(n)
+            if a == b or n in vocab:
                 continue
             hint = (
                 "; if these are vocabularies of different sizes, set tokenizer_source: base "
-                "(rows follow the base model)"
-                if len(a) >= 2 and len(a) == len(b) and a[1:] == b[1:]
+                "(or a tokenizer: block) so the rows follow one vocabulary, matched by token"
+                if len(a) >= 1 and len(a) == len(b) and a[1:] == b[1:]
                 else ""
             )
             problems.append(
@@ -96,7 +94,7 @@ class SpecSet:
 
     specs: list[TensorSpec]
     num_hidden_layers: int | None  # of the output, when slices set it
-    vocab: set[str]  # tensors whose rows follow the base vocabulary (tokenizer_source: base)
+    vocab: set[str]  # tensors whose rows follow the output vocabulary (a tokenizer configured)
     layer_map: tuple[tuple[int, int], ...] | None = None  # per output layer: (input, layer)
 
 
@@ -144,8 +142,7 @@ def nonfloat_source(cfg: MergeConfig, refs: list[str]) -> int:
 def _models_specs(cfg, refs, layouts, order, configs) -> SpecSet:
     """The ``models`` form: every output tensor reads the same name in every model; its
     gradient position is its place in its own layer stack (:mod:`raymerge.layers`)."""
-    from_base = cfg.tokenizer_source == "base" and bool(cfg.base_model)
-    vocab = check_compatible(refs, layouts, vocab_from_base=from_base)
+    vocab = check_compatible(refs, layouts, aligned=cfg.vocabulary is not None)
     stacks = find_stacks(order)
     entries = list(cfg.models)
     if cfg.method.uses_base(cfg.base_model):
@@ -171,7 +168,7 @@ def zip_layout(
     configs: Sequence[dict[str, Any] | None],
 ) -> ZipLayout:
     """Feature spaces and tensor layouts of a zipit/permute merge (all models alike)."""
-    check_compatible(refs, layouts, vocab_from_base=False)
+    check_compatible(refs, layouts)
     first = refs.index((cfg.models or [])[0].model)
     shapes = {n: src.shape for n, src in layouts[first].items()}
     try:

@@ -104,20 +104,77 @@ def test_missing_weight_is_fine_when_global():
     assert per == [{"weight": 1.0}, {"weight": 1.0}]
 
 
-def test_lora_and_bad_tokenizer_source_refused():
+def test_tokenizer_and_lora_keys_are_checked_naming_the_field():
     with pytest.raises(ConfigError) as ei:
         load_config(
             {
                 "merge_method": "linear",
-                "models": [{"model": "m+lora", "parameters": {"weight": 1}}],
-                "tokenizer_source": "union",
+                "models": [{"model": "m+lora+more", "parameters": {"weight": 1}}, {"model": "b"}],
+                "parameters": {"weight": 1},
+                "tokenizer": {
+                    "source": "elsewhere",
+                    "tokens": {
+                        "<x>": {"source": {"kind": "model_token", "model": "b"}},
+                        "<y>": {"source": "c", "force": True},
+                    },
+                    "pad_to_multiple_of": 0,
+                },
+                "chat_template": "nonexistent_template",
             }
         )
     text = str(ei.value)
-    assert (
-        "LoRA references" in text
-        and "tokenizer_source 'union' is not supported yet; valid: base" in text
+    assert "models[0].model: cannot parse model reference 'm+lora+more'" in text
+    assert "tokenizer.tokens.<x>.source: give exactly one of 'token' or 'token_id'" in text
+    assert "tokenizer.pad_to_multiple_of: Input should be greater than or equal to 1" in text
+    assert "chat_template: unknown chat template 'nonexistent_template'" in text
+    with pytest.raises(ConfigError) as ei:
+        load_config(
+            {
+                "merge_method": "linear",
+                "models": [{"model": "a+lora"}, {"model": "b"}],
+                "parameters": {"weight": 1},
+                "tokenizer": {"source": "elsewhere", "tokens": {"<y>": {"source": "c"}}},
+            }
+        )
+    text = str(ei.value)
+    assert "tokenizer.source: 'elsewhere' is not one of the models of this merge" in text
+    assert "tokenizer.tokens.<y>.source: 'c' is not one of the models of this merge" in text
+    with pytest.raises(ConfigError, match="give one of 'tokenizer_source' or 'tokenizer'"):
+        load_config(
+            {
+                "merge_method": "linear",
+                "models": [{"model": "a", "parameters": {"weight": 1}}],
+                "tokenizer_source": "base",
+                "tokenizer": {"source": "base"},
+            }
+        )
+    with pytest.raises(ConfigError, match="at least 20 characters"):
+        load_config(
+            {
+                "merge_method": "linear",
+                "models": [{"model": "a", "parameters": {"weight": 1}}],
+                "chat_template": "{{ x }}",
+            }
+        )
+
+
+def test_tokenizer_keys_load_as_mergekit_reads_them():
+    cfg = load_config(
+        {
+            "merge_method": "linear",
+            "base_model": "a",
+            "models": [{"model": "a+l", "parameters": {"weight": 1}}, {"model": "a"}],
+            "parameters": {"weight": 1},
+            "tokenizer_source": "union",
+            "chat_template": "chatml",
+        }
     )
+    assert cfg.vocabulary.source == "union" and cfg.vocabulary.tokens is None
+    assert cfg.input_refs() == ["a", "a+l"]
+    assert load_config(
+        {"merge_method": "linear", "models": [{"model": "a"}], "parameters": {"weight": 1},
+         "tokenizer": {}}
+    ).vocabulary.source == "union"  # fmt: skip
 
 
 def test_yaml_errors(tmp_path):

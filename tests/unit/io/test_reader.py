@@ -458,3 +458,21 @@ def test_pickle_next_to_safetensors_is_ignored(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # decode
 # --------------------------------------------------------------------------------------------
+
+
+def test_adapter_folder_header_config_and_fingerprints(tmp_path: Path) -> None:
+    from raymerge.io.reader import read_adapter
+
+    key = "base_model.model.q.lora_A.weight"
+    save_file({key: torch.ones(2, 3)}, str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    lay = read_adapter("L", resolve(str(tmp_path)))
+    assert lay.adapter and lay.config == {"r": 2, "lora_alpha": 4}
+    assert lay.tensors[key].shape == (2, 3) and lay.tensors[key].dtype == "F32"
+    assert set(lay.files) == {"adapter_model.safetensors", "adapter_config.json"}
+    assert lay.files["adapter_model.safetensors"].header_xxh  # proved like a shard
+    assert lay.fingerprint()["kind"] == "lora"
+    (tmp_path / "adapter_model.safetensors").unlink()
+    (tmp_path / "adapter_model.bin").write_bytes(pickle.dumps({}))
+    with pytest.raises(InputError, match=r"not a LoRA adapter folder.*pickle weights"):
+        read_adapter("L", resolve(str(tmp_path)))
