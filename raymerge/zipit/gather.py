@@ -1,7 +1,8 @@
 """The I/O side of ZipIt's statistics stage: calibration data, model tensors, per-shard statistics.
 
-No Ray here: :mod:`raymerge.execution.zipit_stage` wraps :func:`shard_stats` in actors (each
-loads the K models once and accumulates several calibration shards). The calibration set is
+No Ray here. The statistics actors (:mod:`raymerge.execution.zipit_stage`) stream the models a
+layer at a time (:mod:`raymerge.zipit.stream`); :func:`load_tensors` + :func:`shard_stats`, which
+hold every model in memory, are the reference the tests compare them with. The calibration set is
 split into a fixed number of shards (``calibration.shards``) by sample index, independent of how
 many actors or nodes run them, and shard statistics are reduced in shard order by
 :func:`raymerge.zipit.stats.tree_reduce`, so the statistics, and therefore the matching, do not
@@ -103,11 +104,34 @@ def load_tensors(loc: Location, sources: Mapping[str, TensorSource]) -> dict[str
 
 
 def features(
-    arch: str, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, x
+    arch: str,
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None,
+    x: torch.Tensor,
+    depth: int | None = None,
 ) -> dict[str, torch.Tensor]:
+    """Every space's features of one batch, from one all-in-memory forward pass (decoders: the
+    first ``depth`` layers)."""
     if arch == "mlp":
         return mlp_forward(tensors, x, features=True)[1]
-    return llama_forward(tensors, config or {}, x, features=True)[1]
+    return llama_forward(tensors, config or {}, x, features=True, layers=depth)[1]
+
+
+def _stage_rows(arch: str, feats: Mapping[str, torch.Tensor], stage: int, depth: int):
+    """The features stage ``stage`` of a layer-streamed pass produces, cut from one
+    all-in-memory pass: (space, rows) in the order the streamed pass accumulates them."""
+    if arch == "mlp":
+        return [(f"h{stage}", feats[f"h{stage}"])]
+    res = feats["res"]
+    n = res.shape[0] // (1 + 2 * depth)  # rows per depth (the residual is depth-major)
+    if stage == 0:
+        return [("res", res[:n])]
+    layer = stage - 1
+    return [
+        (f"attn.{layer}", feats[f"attn.{layer}"]),
+        (f"mlp.{layer}", feats[f"mlp.{layer}"]),
+        ("res", res[(2 * stage - 1) * n : (2 * stage + 1) * n]),
+    ]
 
 
 @torch.no_grad()
@@ -118,15 +142,30 @@ def shard_stats(
     x: torch.Tensor,
     batches: Sequence[tuple[int, int]],
     spaces: Sequence[str],
+    depth: int | None = None,
 ) -> dict[str, FeatureStats]:
-    """Statistics of one calibration shard: every model sees the same batch, and each space's
-    features of all K models are concatenated (model order) before accumulation."""
+    """Statistics of one calibration shard with every model in memory (the reference for the
+    layer-streamed :func:`raymerge.zipit.stream.stream_stats`, which must equal it bit for bit).
+
+    Every model sees the same batch; each space's features of all K models are concatenated
+    (model order) and accumulated stage by stage (a layer at a time), batch by batch, as the
+    streamed pass does. ``depth``: the layers the spaces need (default: all hidden layers)."""
+    if depth is None:
+        depth = (
+            1 + max(int(s[1:]) for s in spaces)
+            if arch == "mlp"
+            else int((config or {})["num_hidden_layers"])
+        )
+    per_batch = [[features(arch, m, config, x[a:b], depth) for m in models] for a, b in batches]
     out: dict[str, FeatureStats] = {}
-    for a, b in batches:
-        per_model = [features(arch, m, config, x[a:b]) for m in models]
-        for space in spaces:
-            parts = [f[space] for f in per_model]
-            if space not in out:
-                out[space] = FeatureStats.empty(tuple(p.shape[1] for p in parts))
-            out[space].update(features_of_models(parts))
+    for stage in range(depth if arch == "mlp" else depth + 1):
+        for feats in per_batch:
+            cut = [_stage_rows(arch, f, stage, depth) for f in feats]
+            for pos, (space, _) in enumerate(cut[0]):
+                if space not in spaces:
+                    continue
+                parts = [c[pos][1] for c in cut]
+                if space not in out:
+                    out[space] = FeatureStats.empty(tuple(p.shape[1] for p in parts))
+                out[space].update(features_of_models(parts))
     return out

@@ -76,7 +76,7 @@ class FeatureStats:
         x = feats.detach().to(device="cpu", dtype=torch.float64)
         self.count += int(x.shape[0])
         self.sum += x.sum(dim=0)
-        self.outer += x.T @ x
+        self.outer.addmm_(x.T, x)  # in place: no [C, C] temporary
 
     def __add__(self, other: FeatureStats) -> FeatureStats:
         """Statistics of the union of both row sets (a new object; ``sizes`` must match)."""
@@ -101,19 +101,25 @@ class FeatureStats:
 
         The biased form matches the official ZipIt! ``CovarianceMetric``; the normalisation
         cancels in :meth:`correlation` anyway. The result is symmetrised and its diagonal
-        clamped at 0 (cancellation can leave tiny negative variances).
+        clamped at 0 (cancellation can leave tiny negative variances). Memory: the result plus
+        row blocks of temporaries (no second [C, C] matrix).
         """
         mean = self.mean()
-        cov = self.outer / self.count - torch.outer(mean, mean)
-        cov = (cov + cov.T) / 2
+        cov = self.outer / self.count
+        cov.addr_(mean, mean, alpha=-1.0)
+        symmetrize_(cov)
         cov.diagonal().clamp_(min=0.0)
         return cov
 
+    def variance(self) -> torch.Tensor:
+        """The diagonal of :meth:`covariance` without the [C, C] matrix, float64 [C]."""
+        mean = self.mean()
+        return (self.outer.diagonal() / self.count - mean * mean).clamp_(min=0.0)
+
     def constant_mask(self) -> torch.Tensor:
         """Bool [C]: features that are constant over all rows seen (see ``CONST_REL_VAR``)."""
-        var = self.covariance().diagonal()
         second = self.outer.diagonal() / self.count
-        return var <= CONST_REL_VAR * second
+        return self.variance() <= CONST_REL_VAR * second
 
     def correlation(self) -> torch.Tensor:
         """Pearson correlation of every pair of features, float64 [C, C] in [-1, 1].
@@ -123,31 +129,48 @@ class FeatureStats:
         with every other constant feature of the same value (means within
         ``CONST_MEAN_TOL * max(1, |mean_i|, |mean_j|)``) and 0.0 with everything else. So dead
         ReLU units (constant 0) are perfectly matchable with each other, and never preferred
-        over a real match for a live unit. The diagonal is exactly 1.
+        over a real match for a live unit. The diagonal is exactly 1. Computed in place over the
+        covariance, in row blocks: peak memory is one [C, C] float64 matrix plus a block.
         """
-        cov = self.covariance()
+        corr = self.covariance()
         mean = self.mean()
         const = self.constant_mask()
-        std = cov.diagonal().sqrt()
+        std = corr.diagonal().sqrt()
         live = ~const
-        denom = torch.outer(std, std)
-        corr = torch.zeros_like(cov)
-        both_live = live[:, None] & live[None, :]
-        corr[both_live] = cov[both_live] / denom[both_live]
-        scale = torch.maximum(mean.abs()[:, None], mean.abs()[None, :]).clamp(min=1.0)
-        same_const = (
-            const[:, None]
-            & const[None, :]
-            & ((mean[:, None] - mean[None, :]).abs() <= CONST_MEAN_TOL * scale)
-        )
-        corr[same_const] = 1.0
-        corr = corr.clamp_(-1.0, 1.0)
+        scale_of = mean.abs()
+        for a, b in _row_blocks(corr.shape[0]):
+            blk = corr[a:b]
+            both_live = live[a:b, None] & live[None, :]
+            div = blk / torch.outer(std[a:b], std)
+            scale = torch.maximum(scale_of[a:b, None], scale_of[None, :]).clamp(min=1.0)
+            same_const = (
+                const[a:b, None]
+                & const[None, :]
+                & ((mean[a:b, None] - mean[None, :]).abs() <= CONST_MEAN_TOL * scale)
+            )
+            blk.copy_(torch.where(both_live, div, torch.where(same_const, 1.0, 0.0)))
+        corr.clamp_(-1.0, 1.0)
         corr.fill_diagonal_(1.0)
         return corr
 
     def _require_rows(self) -> None:
         if self.count <= 0:
             raise ValueError("FeatureStats has no rows; call update() first")
+
+
+def _row_blocks(n: int, elements: int = 1 << 22) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of an [n, n] matrix holding about ``elements`` entries each."""
+    step = max(1, elements // max(n, 1))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def symmetrize_(m: torch.Tensor) -> None:
+    """``m = (m + m.T) / 2`` in place, one block pair at a time (no [C, C] temporary)."""
+    for a, b in _row_blocks(m.shape[0]):
+        upper = m[a:b, a:]
+        avg = (upper + m[a:, a:b].T) / 2
+        upper.copy_(avg)
+        m[a:, a:b].copy_(avg.T)
 
 
 def tree_reduce(parts: Sequence[FeatureStats]) -> FeatureStats:
