@@ -84,7 +84,7 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions) -> _Run:
     out = resolve(out_url, cfg.storage_options)
     # all input validation happens here, before any tensor data is read
     plan, layouts = build_plan(cfg, opts, 0 if out.is_local else MIN_PART_BYTES)
-    zipit = ZipStage.prepare(cfg, plan, layouts)  # reads and checks the calibration file, if any
+    zipit = ZipStage.prepare(cfg, plan, layouts, opts)  # calibration read, memory checked
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
     claim = claim_output(out, plan.config_hash, layout, opts.overwrite)

@@ -29,7 +29,8 @@ class FeatureStats:
     """Sufficient statistics of one feature space over the concatenated features of K models.
 
     Rows are inputs; columns are the features of model 0, then model 1, ... (``sizes`` gives the
-    width of each model; ``sum(sizes) == C``). All tensors are float64 on the CPU.
+    width of each model; ``sum(sizes) == C``). All tensors are float64, on the CPU unless made
+    on a GPU (:meth:`empty`'s ``device``; :meth:`cpu` before they leave the device).
     """
 
     count: int
@@ -56,15 +57,21 @@ class FeatureStats:
         return sum(self.sizes)
 
     @classmethod
-    def empty(cls, sizes: Sequence[int]) -> FeatureStats:
+    def empty(cls, sizes: Sequence[int], device: str | torch.device = "cpu") -> FeatureStats:
         """Zero statistics (the identity of ``+``) for models of widths ``sizes``."""
         c = sum(int(s) for s in sizes)
         return cls(
             count=0,
-            sum=torch.zeros(c, dtype=torch.float64),
-            outer=torch.zeros(c, c, dtype=torch.float64),
+            sum=torch.zeros(c, dtype=torch.float64, device=device),
+            outer=torch.zeros(c, c, dtype=torch.float64, device=device),
             sizes=tuple(int(s) for s in sizes),
         )
+
+    def cpu(self) -> FeatureStats:
+        """These statistics on the CPU (itself when they are there already)."""
+        if self.outer.device.type == "cpu":
+            return self
+        return FeatureStats(self.count, self.sum.cpu(), self.outer.cpu(), self.sizes)
 
     def update(self, feats: torch.Tensor) -> None:
         """Accumulate a batch of rows ``feats`` [N, C] (any float dtype; summed in float64)."""
@@ -73,7 +80,7 @@ class FeatureStats:
                 f"expected features [N, {self.width}] for sizes {self.sizes}, "
                 f"got {tuple(feats.shape)}"
             )
-        x = feats.detach().to(device="cpu", dtype=torch.float64)
+        x = feats.detach().to(device=self.outer.device, dtype=torch.float64)
         self.count += int(x.shape[0])
         self.sum += x.sum(dim=0)
         self.outer.addmm_(x.T, x)  # in place: no [C, C] temporary

@@ -34,12 +34,17 @@ from raymerge.zipit.stages import finished_at, n_stages, stage_tensors
 from raymerge.zipit.stats import FeatureStats, features_of_models
 
 
-def load_stage(loc: Location, sources: Mapping[str, TensorSource], names: Sequence[str]):
-    """Tensors ``names`` of one model (float32 copies), read in one batch of ranges; also the
-    bytes read."""
+def load_stage(
+    loc: Location, sources: Mapping[str, TensorSource], names: Sequence[str], device: str = "cpu"
+):
+    """Tensors ``names`` of one model (float32 copies on ``device``), read in one batch of
+    ranges; also the bytes read."""
     items = [sources[n] for n in names]
     bufs = fetch(loc, [(s.file, s.start, s.end) for s in items])
-    out = {s.name: decode(b, s.dtype, s.shape).to(torch.float32) for s, b in zip(items, bufs)}
+    out = {
+        s.name: decode(b, s.dtype, s.shape).to(device=device, dtype=torch.float32, copy=True)
+        for s, b in zip(items, bufs)
+    }
     return out, sum(s.end - s.start for s in items)
 
 
@@ -62,6 +67,8 @@ class Streamer:
         config: the decoders' config.json.
         spaces: the spaces to accumulate.
         depth: the layers the statistics need (:attr:`raymerge.zipit.spaces.ZipLayout.depth`).
+        device: where weights, activations and statistics live ("cuda" on a GPU actor);
+            finished statistics are returned on the CPU.
     """
 
     def __init__(
@@ -71,8 +78,10 @@ class Streamer:
         config: Mapping[str, Any] | None,
         spaces: Sequence[str],
         depth: int,
+        device: str = "cpu",
     ) -> None:
         self.arch, self.models, self.config = arch, list(models), dict(config or {})
+        self.device = device
         self.spaces, self.depth = list(spaces), depth
         self.names = list(self.models[0][1])
         self.shards: list[int] = []
@@ -90,7 +99,7 @@ class Streamer:
     def begin(self, x: torch.Tensor, shards: Sequence[tuple[int, Sequence[tuple[int, int]]]]):
         """Take shards ``(index, batches)`` of calibration inputs ``x``."""
         self.shards = [s for s, _ in shards]
-        self.inputs = [[x[a:b] for a, b in batches] for _, batches in shards]
+        self.inputs = [[x[a:b].to(self.device) for a, b in batches] for _, batches in shards]
         self.acts = [[] for _ in shards]
         self.res = [None for _ in shards]
         self.next = 0
@@ -102,7 +111,7 @@ class Streamer:
             raise ValueError(f"stages run in order: expected {self.next}, got {stage}")
         t0 = time.perf_counter()
         names = stage_tensors(self.arch, self.names, stage)
-        loaded = [load_stage(loc, src, names) for loc, src in self.models]
+        loaded = [load_stage(loc, src, names, self.device) for loc, src in self.models]
         self.weights = [w for w, _ in loaded]
         held = sum(t.numel() * 4 for w in self.weights for t in w.values())
         done = finished_at(self.arch, stage, self.depth, self.spaces)
@@ -111,7 +120,7 @@ class Streamer:
             stats = self._shard_stage(si, stage)
             if "res" in done:
                 stats["res"], self.res[si] = self.res[si], None
-            out.append([stats[s] for s in done])
+            out.append([stats[s].cpu() for s in done])
         self.weights = None  # the stage's weights are freed before the next stage reads
         if stage == self.stages - 1:
             self.acts = [[] for _ in self.shards]
@@ -135,18 +144,17 @@ class Streamer:
                     self.acts[si][k][b] = act
                 feats.append(f)
             for space in feats[0]:
-                if space == "res" and "res" not in self.spaces:
-                    continue
-                if space != "res" and space not in self.spaces:
+                if space not in self.spaces:
                     continue
                 parts = [f[space] for f in feats]
                 if space == "res":
                     if self.res[si] is None:
-                        self.res[si] = FeatureStats.empty([p.shape[1] for p in parts])
+                        sizes = [p.shape[1] for p in parts]
+                        self.res[si] = FeatureStats.empty(sizes, self.device)
                     self.res[si].update(features_of_models(parts))  # type: ignore[union-attr]
                     continue
                 if space not in stats:
-                    stats[space] = FeatureStats.empty([p.shape[1] for p in parts])
+                    stats[space] = FeatureStats.empty([p.shape[1] for p in parts], self.device)
                 stats[space].update(features_of_models(parts))
         return stats
 
@@ -163,7 +171,7 @@ class Streamer:
         shape = LlamaShape.of(self.config)
         seq = x.shape[1]
         if seq not in self.rope:
-            self.rope[seq] = shape.rope(seq, x.dtype)
+            self.rope[seq] = tuple(t.to(x.device) for t in shape.rope(seq, x.dtype))
         layer = stage - 1
         x_attn, out, att, inner = llama_block(w, shape, layer, x, self.rope[seq])
         res = torch.cat([x_attn.reshape(-1, shape.d), out.reshape(-1, shape.d)])

@@ -157,27 +157,67 @@ def test_partial_zip_gives_trunk_and_one_head_per_model(mlp_pair, tmp_path, ray_
         assert (h - want).abs().max() < 1e-4
 
 
-def test_statistics_over_several_actors_equal_one_pass(mlp_pair, ray_session):
-    from raymerge.execution.zipit_stage import zipit_stats
-    from raymerge.io.reader import read_model
+def _streamed(layout, lays, config, x, shards):
+    """Reduced statistics of every space from the streaming actors (no matching)."""
+    import ray
+
+    from raymerge.execution.zipit_stage import stream_stats
     from raymerge.options import ExecOptions
+
+    roots = {}
+
+    def keep(name, ref, slots):
+        roots[name] = ref
+
+    models = [(lay.location, lay.tensors) for lay in lays]
+    info = stream_stats(layout, models, config, x, shards, ExecOptions(), keep, actors=2)
+    return {k: ray.get(r) for k, r in roots.items()}, info
+
+
+def test_statistics_over_several_actors_equal_one_pass(mlp_pair, ray_session):
+    from raymerge.io.reader import read_model
     from raymerge.storage import resolve
+    from raymerge.zipit.spaces import describe
 
     _, pa, pb, _, x = mlp_pair
     lays = [read_model(p, resolve(p)) for p in (pa, pb)]
-    models = [(lay.location, lay.tensors) for lay in lays]
+    layout = describe({n: t.shape for n, t in lays[0].tensors.items()}, None, 2)
     spaces = ["h0", "h1"]
     shards = shard_ranges(len(x), 40, 4)
-    got, actors = zipit_stats("mlp", models, None, x, shards, spaces, ExecOptions())
-    assert actors == 2
-    loaded = [load_tensors(loc, src) for loc, src in models]
+    got, info = _streamed(layout, lays, None, x, shards)
+    assert info["actors"] == 2 and len(info["stage_s"]) == 2
+    loaded = [load_tensors(lay.location, lay.tensors) for lay in lays]
     one = shard_stats("mlp", loaded, None, x, [(0, len(x))], spaces)
     for s in spaces:
         assert got[s].count == one[s].count == len(x)
         torch.testing.assert_close(got[s].sum, one[s].sum, rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(got[s].outer, one[s].outer, rtol=1e-12, atol=1e-9)
-    per_shard = [shard_stats("mlp", loaded, None, x, b, spaces)["h0"] for b in shards]
-    torch.testing.assert_close(tree_reduce(per_shard).outer, got["h0"].outer, rtol=0, atol=0)
+    # the layer-streamed actors equal the all-in-memory reference, shard by shard, exactly
+    for s in spaces:
+        per_shard = [shard_stats("mlp", loaded, None, x, b, spaces)[s] for b in shards]
+        ref = tree_reduce(per_shard)
+        assert torch.equal(ref.outer, got[s].outer) and torch.equal(ref.sum, got[s].sum)
+
+
+def test_llama_streamed_actors_equal_reference(llama_pair, ray_session):
+    from raymerge.io.reader import read_model
+    from raymerge.storage import resolve
+    from raymerge.zipit.spaces import describe
+
+    cfg, _, _, pa, pb, _, ids = llama_pair
+    lays = [read_model(p, resolve(p)) for p in (pa, pb)]
+    layout = describe({n: t.shape for n, t in lays[0].tensors.items()}, cfg, 2)
+    shards = shard_ranges(len(ids), 5, 3)
+    got, info = _streamed(layout, lays, cfg, ids, shards)
+    assert info["actors"] == 2 and len(info["stage_s"]) == cfg["num_hidden_layers"] + 1
+    loaded = [load_tensors(lay.location, lay.tensors) for lay in lays]
+    names = [s.name for s in layout.spaces]
+    per_shard = [shard_stats("llama", loaded, cfg, ids, b, names) for b in shards]
+    assert sorted(got) == sorted(names)
+    for s in names:
+        ref = tree_reduce([p[s] for p in per_shard])
+        assert ref.count == got[s].count
+        assert torch.equal(ref.outer, got[s].outer) and torch.equal(ref.sum, got[s].sum), s
 
 
 @pytest.fixture(scope="module")
