@@ -70,6 +70,10 @@ def commit_output(
     run_id: str,
 ) -> None:
     """Everything after the shards: manifest, side files, card, index, ``_SUCCESS``."""
+    if plan.zip_layout is not None and plan.zip_layout.checkpoints:  # one checkpoint per model
+        from raymerge.zipit.outputs import commit_checkpoints
+
+        return commit_checkpoints(cfg, out, plan, layouts, results, summary, run_id)
     public = cfg.public_dict()
     fingerprints = [lay.fingerprint() for lay in layouts]
     metadata = {

@@ -88,6 +88,8 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions) -> _Run:
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
     claim = claim_output(out, plan.config_hash, layout, opts.overwrite)
+    if zipit is not None and claim.complete is None:
+        zipit.unmark(out)  # a partial zip's checkpoint markers of an earlier run
     ledger = Ledger(out, layout, interval=opts.ledger_interval)
     return _Run(cfg, out, plan, layouts, zipit, sink, claim, ledger)
 

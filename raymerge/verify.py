@@ -30,6 +30,9 @@ def verify_output(out: Location) -> dict[str, Any]:
     fs = out.fs
     if not fs.exists(out.child(SUCCESS).path):
         raise VerifyError(f"{out.url}: no {SUCCESS} marker: the run did not finish")
+    marker = json.loads(fs.cat_file(out.child(SUCCESS).path))
+    if marker.get("checkpoints") and not fs.exists(out.child(MANIFEST).path):
+        return _verify_checkpoints(out, marker["checkpoints"])
     if not fs.exists(out.child(MANIFEST).path):
         raise VerifyError(f"{out.url}: {MANIFEST} is missing")
     table, meta = read_manifest(out)
@@ -47,6 +50,13 @@ def verify_output(out: Location) -> dict[str, Any]:
         "shards": len(shards),
         "config_hash": meta.get("config_hash"),
     }
+
+
+def _verify_checkpoints(out: Location, folders: list[str]) -> dict[str, Any]:
+    """An output of several checkpoints (a decoder partial zip): verify each folder."""
+    each = {f: verify_output(out.child(f)) for f in folders}
+    total = {k: sum(r[k] for r in each.values()) for k in ("pieces", "bytes", "shards")}
+    return {**total, "config_hash": next(iter(each.values()))["config_hash"], "checkpoints": each}
 
 
 def _check_index(out: Location, rows: list[dict[str, Any]]) -> None:

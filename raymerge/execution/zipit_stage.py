@@ -33,7 +33,7 @@ from raymerge.params import resolve_parameters
 from raymerge.plan import Plan
 from raymerge.redaction import redact
 from raymerge.storage import Location, resolve
-from raymerge.zipit.budget import ZipBudget, calibration_of, check_budget, zip_budget
+from raymerge.zipit.budget import ZipBudget, check_budget, local_memory
 from raymerge.zipit.spaces import Space, ZipLayout
 from raymerge.zipit.stages import finished_at, n_stages
 
@@ -167,12 +167,13 @@ def stream_stats(
     opts: ExecOptions,
     on_space: Callable[[str, Any, _Slots], Any],
     actors: int | None = None,
+    budget: ZipBudget | None = None,
 ) -> dict[str, Any]:
     """Stream the statistics of every space; ``on_space(name, ref, slots)`` gets each space's
     reduced statistics (an object ref) as soon as its reduce is submitted and returns a ref to
     wait for (its matching) before the stage ``lookahead`` stages later is submitted. Returns
     what it cost (actors, peak RSS, seconds per stage, bytes read). ``actors``: force the number
-    of actors (tests, benchmarks).
+    of actors (tests, benchmarks); ``budget``: the memory each actor asks Ray for.
 
     Long because the pipeline (actors, per-stage submission under a lookahead, per-space
     reduce trees) reads best as one loop."""
@@ -180,8 +181,9 @@ def stream_stats(
     names = [s.name for s in layout.spaces]
     slots = _Slots.of(len(shards), opts, actors)
     mine = [list(range(i, len(shards), slots.actors)) for i in range(slots.actors)]
+    opts_a = {**slots.actor_opts, **({"memory": budget.actor_bytes} if budget else {})}
     actors = [
-        _StreamActor.options(**slots.actor_opts).remote(arch, models, config, names, depth)
+        _StreamActor.options(**opts_a).remote(arch, models, config, names, depth)
         for _ in range(slots.actors)
     ]
     t0 = time.perf_counter()
@@ -234,14 +236,18 @@ def stream_and_match(
     shards: list[list[tuple[int, int]]],
     params: dict[str, Any],
     opts: ExecOptions,
+    budget: ZipBudget | None = None,
 ) -> tuple[dict[str, Matching], dict[str, Any]]:
     """Statistics of every space, streamed, and each space's matching as soon as its statistics
-    are reduced (see the module docstring). Also what it cost."""
+    are reduced (see the module docstring); each task asks Ray for the memory ``budget`` gives
+    it. Also what it cost."""
     spaces = {s.name: s for s in layout.spaces}
+    need = {c.name: c.bytes for c in budget.spaces} if budget else {}
     matched: dict[str, Any] = {}
 
     def match(name: str, stats: Any, slots: _Slots) -> Any:
-        matched[name] = _match_space.options(**slots.match_opts).remote(
+        mem = {"memory": need[name]} if need.get(name) else {}
+        matched[name] = _match_space.options(**slots.match_opts, **mem).remote(
             stats,
             spaces[name],
             [spaces[name].units * spaces[name].group] * len(models),
@@ -251,7 +257,7 @@ def stream_and_match(
         )
         return matched[name]
 
-    info = stream_stats(layout, models, config, x, shards, opts, match)
+    info = stream_stats(layout, models, config, x, shards, opts, match, budget=budget)
     results = dict(zip(matched, ray.get(list(matched.values()))))
     info["match_devices"] = sorted({r[1]["device"] for r in results.values()})
     info["match_s_by_space"] = {k: round(r[1]["seconds"], 4) for k, r in results.items()}
@@ -262,11 +268,6 @@ def cluster_node_memory() -> int:
     """The largest alive node's memory that Ray admits tasks and actors against (its
     ``memory`` resource)."""
     return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0))
-
-
-def local_memory() -> int:
-    """This machine's physical memory."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def budget_memory(opts: RunOptions, connected: bool) -> tuple[int, str] | None:
@@ -305,12 +306,17 @@ class ZipStage:
         zl = plan.zip_layout
         if zl is None:
             return None
-        from raymerge.zipit.gather import check_calibration, load_calibration, shard_ranges
+        from raymerge.zipit.gather import (
+            check_calibration,
+            load_calibration,
+            shard_ranges,
+            zip_figures,
+        )
 
         refs = cfg.input_refs()
         models = [layouts[refs.index(m.model)] for m in cfg.models or []]
         params = dict(resolve_parameters(cfg, "", 0.0).method)
-        x, shards, cal = None, [], None
+        x, shards = None, []
         if params["matcher"] != "identity" and cfg.calibration is not None:
             loc = resolve(cfg.calibration.url, cfg.storage_options)
             x = load_calibration(loc, zl.arch, cfg.calibration.samples)
@@ -318,11 +324,8 @@ class ZipStage:
             check_calibration(x, zl.arch, shapes, redact(loc.url))
             c = cfg.calibration
             shards = [s for s in shard_ranges(len(x), c.batch_size, c.shards) if s]
-            tokens = int(x.shape[1]) if zl.arch == "llama" else 1
-            cal = calibration_of(len(x), tokens, shards, c.batch_size)
-        budget = zip_budget(
-            zl, models[0].tensors, models[0].config, len(models), cal, params["matcher"]
-        )
+        shape = None if x is None else (int(x.shape[0]), int(x.shape[1]))
+        budget = zip_figures(cfg, zl, models, shape)
         stage = cls(cfg, zl, models, x, params, shards, budget, opts)
         stage.check(connected=False)
         return stage
@@ -333,6 +336,12 @@ class ZipStage:
         if mem is not None:
             check_budget(self.budget, *mem)
             self.info["node_memory"] = {"bytes": mem[0], "source": mem[1]}
+
+    def unmark(self, out: Location) -> None:
+        """Remove an earlier run's checkpoint markers (a decoder partial zip's outputs)."""
+        from raymerge.zipit.outputs import unmark
+
+        unmark(out, self.layout.checkpoints)
 
     def run(self, opts: ExecOptions) -> dict[str, Matching]:
         """Statistics (streaming actors) -> matchings (one task per space, as each is ready);
@@ -349,6 +358,7 @@ class ZipStage:
                 self.shards,
                 p,
                 opts,
+                self.budget,
             )
         else:
             refs = {

@@ -219,6 +219,13 @@ def check_budget(budget: ZipBudget, node_memory: int, where: str) -> None:
         )
 
 
+def local_memory() -> int:
+    """This machine's physical memory."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def calibration_of(
     samples: int, tokens: int, shards: list[list[tuple[int, int]]], batch: int
 ) -> CalibrationShape:
@@ -233,6 +240,7 @@ __all__ = [
     "ZipBudget",
     "calibration_of",
     "check_budget",
+    "local_memory",
     "space_cost",
     "zip_budget",
 ]

@@ -76,6 +76,75 @@ def load_calibration(loc: Location, arch: str, samples: int | None) -> torch.Ten
     return x.to(torch.float32) if arch == "mlp" else x.to(torch.int64)
 
 
+def calibration_shape(loc: Location, arch: str, samples: int | None) -> tuple[int, int]:
+    """(samples, values per sample) of a calibration file, from its header or Parquet metadata
+    only (``raymerge plan`` reads no data)."""
+    import json
+    import struct
+
+    key = KEYS[arch]
+    try:
+        if loc.path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with loc.fs.open(loc.path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                n = pf.metadata.num_rows
+                first = next(pf.iter_batches(batch_size=1, columns=[key])).column(0)
+                width = len(first[0].as_py())
+        else:
+            head = loc.fs.cat_file(loc.path, start=0, end=8)
+            (size,) = struct.unpack("<Q", head)
+            meta = json.loads(loc.fs.cat_file(loc.path, start=8, end=8 + size))
+            n, width = meta[key]["shape"]
+    except FileNotFoundError:
+        raise InputError(f"calibration file not found: {loc.url}") from None
+    except (OSError, KeyError, ValueError, StopIteration) as exc:
+        raise InputError(f"{loc.url}: cannot read the calibration file's shape: {exc}") from None
+    return (min(n, samples) if samples else n), width
+
+
+def zip_figures(cfg: Any, zl: Any, models: Sequence[Any], shape: tuple[int, int] | None):
+    """The memory and time figures of a zip (:func:`raymerge.zipit.budget.zip_budget`) for
+    ``models`` (their :class:`raymerge.io.reader.ModelLayout`) and calibration inputs of
+    ``shape`` (None: no statistics)."""
+    from raymerge.params import resolve_parameters
+    from raymerge.zipit.budget import calibration_of, zip_budget
+
+    params = dict(resolve_parameters(cfg, "", 0.0).method)
+    cal = None
+    if shape is not None and cfg.calibration is not None and params["matcher"] != "identity":
+        c = cfg.calibration
+        shards = [s for s in shard_ranges(shape[0], c.batch_size, c.shards) if s]
+        cal = calibration_of(shape[0], shape[1] if zl.arch == "llama" else 1, shards, c.batch_size)
+    first = models[0]
+    return zip_budget(zl, first.tensors, first.config, len(models), cal, params["matcher"])
+
+
+def plan_figures(cfg: Any, plan: Any, layouts: Sequence[Any], node_memory: int | None):
+    """``raymerge plan``'s zipit figures: the budget from the headers and the calibration file's
+    shape, checked against ``node_memory`` (``--node-memory``) or this machine's memory.
+    Returns (budget, memory checked against, what that memory is)."""
+    from raymerge.storage import resolve
+    from raymerge.zipit.budget import check_budget, local_memory
+
+    zl = plan.zip_layout
+    refs = cfg.input_refs()
+    models = [layouts[refs.index(m.model)] for m in cfg.models or []]
+    shape = None
+    if cfg.calibration is not None:
+        loc = resolve(cfg.calibration.url, cfg.storage_options)
+        shape = calibration_shape(loc, zl.arch, cfg.calibration.samples)
+    budget = zip_figures(cfg, zl, models, shape)
+    mem, where = (
+        (node_memory, "--node-memory")
+        if node_memory is not None
+        else (local_memory(), "this machine's memory; set --node-memory for a cluster's nodes")
+    )
+    check_budget(budget, mem, where)
+    return budget, mem, where
+
+
 def check_calibration(x: torch.Tensor, arch: str, shapes: Mapping[str, tuple[int, ...]], url: str):
     """The inputs fit the models (before any model data is read)."""
     if arch == "mlp":
