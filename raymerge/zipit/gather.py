@@ -166,10 +166,14 @@ def shard_ranges(n: int, batch_size: int, shards: int) -> list[list[tuple[int, i
 
 
 def load_tensors(loc: Location, sources: Mapping[str, TensorSource]) -> dict[str, torch.Tensor]:
-    """Every tensor of one model, read in one batch of ranges (float32 copies)."""
+    """Every tensor of one model, read in one batch of ranges (float32 copies: never views of
+    the read buffers, whose alignment could change BLAS results)."""
     items = list(sources.values())
     bufs = fetch(loc, [(s.file, s.start, s.end) for s in items])
-    return {s.name: decode(b, s.dtype, s.shape).to(torch.float32) for s, b in zip(items, bufs)}
+    return {
+        s.name: decode(b, s.dtype, s.shape).to(torch.float32, copy=True)
+        for s, b in zip(items, bufs)
+    }
 
 
 def features(

@@ -329,3 +329,103 @@ def test_zipit_from_s3_is_bit_identical_to_local_and_deterministic(
     run(str(remote), "s3://zip/out", capsys)
     got = fs.cat_file("zip/out/model-00001-of-00001.safetensors")
     assert got == shard_bytes(str(tmp_path / "l1"))["model-00001-of-00001.safetensors"]
+
+
+def _checkpoint(folder):
+    """A partial zip's checkpoint loaded with transformers, and what the loader reported."""
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), output_loading_info=True
+    )
+    return model, info
+
+
+def test_llama_partial_zip_gives_one_loadable_checkpoint_per_model(
+    llama_pair, tmp_path, ray_session, capsys
+):
+    cfg, a, _, pa, pb, cal, ids = llama_pair
+    zcfg = write_cfg(
+        tmp_path, [pa, pb], parameters={"stop_at": 1}, calibration={"url": cal, "batch_size": 8}
+    )
+    out = tmp_path / "out"
+    run(zcfg, out, capsys)
+    want, _ = llama_forward(a, cfg, ids)
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert marker["checkpoints"] == ["model_0", "model_1"]
+    assert marker["summary"]["zipit"]["spaces"] == 3  # res, attn.0, mlp.0: the trunk's
+    for j in (0, 1):
+        model, info = _checkpoint(out / f"model_{j}")
+        assert not info["missing_keys"] and not info["unexpected_keys"]
+        assert not any(info.values()), info
+        assert type(model).__name__ == "LlamaForCausalLM"
+        with torch.no_grad():
+            logits = model(ids).logits
+        # a permuted copy's residual matching is a permutation: each checkpoint is model a
+        assert (logits - want).abs().max() < 1e-4
+        assert (out / f"model_{j}" / "_SUCCESS").exists()
+        assert main(["verify", str(out / f"model_{j}")]) == 0
+    assert main(["verify", str(out)]) == 0
+    assert "2 shards" in capsys.readouterr().out
+
+
+def test_llama_partial_zip_at_full_depth_equals_full_zip(llama_pair, tmp_path, ray_session, capsys):
+    cfg, _, _, pa, pb, cal, _ = llama_pair
+    calib = {"url": cal, "batch_size": 8}
+    depth = cfg["num_hidden_layers"]
+    run(write_cfg(tmp_path, [pa, pb], calibration=calib), tmp_path / "full", capsys)
+    part = write_cfg(tmp_path, [pa, pb], parameters={"stop_at": depth}, calibration=calib)
+    run(part, tmp_path / "part", capsys)
+    full = load_model(str(tmp_path / "full"))
+    for j in (0, 1):
+        got = load_model(str(tmp_path / "part" / f"model_{j}"))
+        assert sorted(got) == sorted(full)
+        for name in full:
+            assert torch.equal(got[name], full[name]), (j, name)
+
+
+def test_llama_partial_output_never_looks_complete(llama_pair, tmp_path, ray_session, capsys):
+    from raymerge.config import load_config
+    from raymerge.options import RunOptions
+    from raymerge.pipeline import RunHooks, run_merge
+
+    _, _, _, pa, pb, cal, _ = llama_pair
+    zcfg = write_cfg(
+        tmp_path, [pa, pb], parameters={"stop_at": 1}, calibration={"url": cal, "batch_size": 8}
+    )
+    out = tmp_path / "out"
+    run(zcfg, out, capsys)
+    markers = [out / "_SUCCESS", out / "model_0" / "_SUCCESS", out / "model_1" / "_SUCCESS"]
+    assert all(m.exists() for m in markers)
+
+    def boom(job, n):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        opts = RunOptions(overwrite=True)
+        opts.execution.progress = False
+        run_merge(load_config(zcfg), str(out), opts, RunHooks(after_job=boom))
+    assert not any(m.exists() for m in markers)  # the earlier run's markers are gone too
+    assert main(["verify", str(out / "model_0")]) == 2
+    run(zcfg, out, capsys)  # the rerun resumes and completes it
+    assert all(m.exists() for m in markers) and main(["verify", str(out)]) == 0
+
+
+def test_zipit_memory_is_stated_and_checked_before_any_data(llama_pair, tmp_path, capsys):
+    cfg, _, _, pa, pb, cal, _ = llama_pair
+    zcfg = write_cfg(tmp_path, [pa, pb], calibration={"url": cal, "batch_size": 8})
+    assert main(["plan", zcfg, "--node-memory", "64GB"]) == 0
+    text = capsys.readouterr().out
+    assert "zipit statistics: peak per actor" in text and "checked against 64.0 GB" in text
+    assert main(["plan", zcfg, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["zipit"]["node_memory"]["source"].startswith("this machine's memory")
+    assert set(s["zipit"]["spaces"]) == {"res", "attn.0", "mlp.0", "attn.1", "mlp.1"}
+    actor = s["zipit"]["actor_bytes"]
+    assert main(["plan", zcfg, "--node-memory", str(actor - 1)]) == 2
+    assert "a statistics actor needs" in capsys.readouterr().err
+    mlp = s["zipit"]["spaces"]["mlp.1"]["bytes"]
+    small = write_cfg(tmp_path, [pa, pb], calibration={"url": cal, "batch_size": 1, "shards": 24})
+    assert main(["run", small, str(tmp_path / "o"), "--node-memory", str(mlp - 1)]) == 2
+    err = capsys.readouterr().err
+    assert "space 'mlp.0'" in err and "space 'mlp.1'" in err and "--node-memory" in err
+    assert not (tmp_path / "o").exists()  # refused before the output was claimed
