@@ -171,13 +171,16 @@ def _row_blocks(n: int, elements: int = 1 << 22) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def symmetrize_(m: torch.Tensor) -> None:
-    """``m = (m + m.T) / 2`` in place, one block pair at a time (no [C, C] temporary)."""
-    for a, b in _row_blocks(m.shape[0]):
-        upper = m[a:b, a:]
-        avg = (upper + m[a:, a:b].T) / 2
-        upper.copy_(avg)
-        m[a:, a:b].copy_(avg.T)
+def symmetrize_(m: torch.Tensor, tile: int = 512) -> None:
+    """``m = (m + m.T) / 2`` in place, a pair of square tiles at a time (no [C, C] temporary;
+    tiles keep the transposed reads in cache)."""
+    n = m.shape[0]
+    for a in range(0, n, tile):
+        for b in range(a, n, tile):
+            upper = m[a : a + tile, b : b + tile]
+            avg = (upper + m[b : b + tile, a : a + tile].T) / 2
+            upper.copy_(avg)
+            m[b : b + tile, a : a + tile].copy_(avg.T)
 
 
 def tree_reduce(parts: Sequence[FeatureStats]) -> FeatureStats:
