@@ -235,11 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--stop-at", default="1,2", help="partial zip depths (of 4 layers)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     args.stop_at = [int(v) for v in args.stop_at.split(",")]
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, os.cpu_count() or 2))
+    torch.set_num_threads(args.threads)  # two threads on the shared 2-core machine ran 3x slower
     work = Path(args.workdir or tempfile.mkdtemp(prefix="zipit-lm-"))
     data = {d: splits(domain_bytes(d, args.max_bytes)) for d in DOMAINS}
     import ray

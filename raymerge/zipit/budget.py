@@ -66,6 +66,7 @@ class ZipBudget:
     parts: dict[str, int]  # the actor's figure by part
     spaces: tuple[SpaceCost, ...]
     shards_per_actor: int
+    read_bytes: int = 0  # what one actor reads: the streamed stages of every model, once
 
     def lines(self) -> list[str]:
         """What ``raymerge plan`` and the run summary say."""
@@ -74,7 +75,8 @@ class ZipBudget:
         parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.parts.items())
         out = [
             f"zipit statistics: peak per actor {fmt_bytes(self.actor_bytes)} ({parts}; "
-            f"{self.shards_per_actor} shard(s) per actor)"
+            f"{self.shards_per_actor} shard(s) per actor); each actor reads "
+            f"{fmt_bytes(self.read_bytes)}, one layer at a time"
         ]
         big = sorted(self.spaces, key=lambda s: -s.bytes)
         total = sum(s.seconds for s in self.spaces)
@@ -91,6 +93,7 @@ class ZipBudget:
         return {
             "actor_bytes": self.actor_bytes,
             "actor_parts": dict(self.parts),
+            "actor_read_bytes": self.read_bytes,
             "shards_per_actor": self.shards_per_actor,
             "spaces": {
                 s.name: {"width": s.width, "bytes": s.bytes, "seconds": round(s.seconds, 3)}
@@ -99,16 +102,19 @@ class ZipBudget:
         }
 
 
-def _stage_bytes(arch: str, sources: Mapping[str, TensorSource], depth: int) -> tuple[int, int]:
-    """(float32 bytes, raw bytes) of the largest stage of one model."""
+def _stage_bytes(
+    arch: str, sources: Mapping[str, TensorSource], depth: int
+) -> tuple[int, int, int]:
+    """(float32 bytes, raw bytes) of the largest stage of one model, and all stages' raw bytes."""
     names = list(sources)
-    best = (0, 0)
+    best, total = (0, 0), 0
     for stage in range(n_stages(arch, depth)):
         members = [sources[n] for n in stage_tensors(arch, names, stage)]
         f32 = sum(math.prod(s.shape) * 4 for s in members)
         raw = sum(s.end - s.start for s in members)
         best = max(best, (f32, raw))
-    return best
+        total += raw
+    return best[0], best[1], total
 
 
 def _widths(arch: str, sources: Mapping[str, TensorSource], config: Mapping | None) -> dict:
@@ -163,7 +169,7 @@ def zip_budget(
     spaces = tuple(space_cost(s, n_models, matcher) for s in zl.spaces)
     if cal is None or matcher == "identity":
         return ZipBudget(0, {}, spaces, 0)
-    f32, raw = _stage_bytes(zl.arch, sources, zl.depth)
+    f32, raw, streamed = _stage_bytes(zl.arch, sources, zl.depth)
     w = _widths(zl.arch, sources, config)
     rows = cal.shard_samples * cal.tokens * shards_per_actor
     brows = cal.batch * cal.tokens
@@ -185,7 +191,9 @@ def zip_budget(
         "statistics": 2 * stage_stats + shards_per_actor * 8 * res * res,
         "process": PROCESS_BYTES,
     }
-    return ZipBudget(sum(parts.values()), parts, spaces, shards_per_actor)
+    return ZipBudget(
+        sum(parts.values()), parts, spaces, shards_per_actor, read_bytes=n_models * streamed
+    )
 
 
 def _stage_groups(zl: ZipLayout) -> list[set[str]]:
