@@ -123,7 +123,11 @@ def add_flags(ap: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_flags(ap)
-    args = ap.parse_args(argv)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Predict and print (``add_flags``' options in ``args``); returns every number."""
     shards = max(int(n) for n in args.zip_nodes.split(",")) * args.actors_per_node
     budget, zl, size = budget_70b(args.samples, args.tokens, shards)
     assumptions = [
