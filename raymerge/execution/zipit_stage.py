@@ -86,7 +86,6 @@ def _match_space(
     GPU Ray gave this task when the working matrices fit its free memory."""
     import torch
 
-    from raymerge.zipit.budget import space_cost
     from raymerge.zipit.matching import group_similarity, match, match_identity
 
     t0 = time.perf_counter()
@@ -97,11 +96,8 @@ def _match_space(
     if space.group > 1:
         corr = group_similarity(corr, list(sizes), space.group)
     device = _device()
-    if (
-        device == "cuda"
-        and torch.cuda.mem_get_info()[0] < space_cost(space, len(sizes), kind).bytes
-    ):
-        device = "cpu"  # the space does not fit the GPU's free memory: match on the CPU
+    if device == "cuda" and torch.cuda.mem_get_info()[0] < 12 * sum(units) ** 2 + (64 << 20):
+        device = "cpu"  # three float32 [U, U] matrices do not fit the GPU's free memory
     corr = corr.to(torch.float32)
     m = match(
         kind,
