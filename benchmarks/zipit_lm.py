@@ -16,7 +16,9 @@ test (5%). Tokenizer: raw bytes (vocabulary 256, no merges). Two ``LlamaForCausa
 - ``permute``: Hungarian matching of activations, then averaging;
 - ``zipit``: the greedy ZipIt! matcher, every layer zipped;
 - ``partial@k``: ``stop_at: k`` (layers 0..k-1 zipped; one checkpoint per model, their logits
-  averaged as in the ensemble);
+  averaged as in the ensemble); ``partial@k b0``: the same with ``beta: 0`` (no within-model
+  merges, so each model's residual features are matched one-to-one and its own layers see the
+  trunk's output exactly);
 - ``ensemble``: both original models, logits averaged (two full forward passes).
 
 Calibration: ``--calibration`` training windows, half from each domain. Reported: perplexity on
@@ -204,6 +206,11 @@ def run_seed(seed: int, data: dict, args, work: Path) -> dict[str, dict[str, flo
     }
     for k in args.stop_at:
         merged[f"partial@{k}"] = merge(work, f"partial{k}", cfg("zipit", **ab, stop_at=k))
+    if args.beta != 0:  # residual matched across models only: the heads' unmerge is a permutation
+        for k in args.stop_at:
+            merged[f"partial@{k} b0"] = merge(
+                work, f"partial{k}b0", cfg("zipit", alpha=args.alpha, beta=0.0, stop_at=k)
+            )
     rows = {"model_code": [models["code"]], "model_prose": [models["prose"]]}
     rows.update(merged)
     rows["ensemble"] = [models["code"], models["prose"]]

@@ -5,7 +5,9 @@ query / 8 KV heads, vocabulary 32000, bf16), at ``--layers`` depths (4 and 16 by
 width), are uploaded to a local S3 endpoint (moto's server in a child process) and zipped with
 ``raymerge run`` (statistics actors range-reading one layer at a time from S3, one matcher task
 per space, per-tensor jobs reading S3 and writing a local folder). Per depth it reports the
-statistics actor's planned and measured peak RSS (VmHWM, measured inside the actor), the seconds
+statistics actor's planned and measured peak RSS (VmHWM, measured inside the actor: it also counts
+the object-store pages the actor wrote its statistics into) and its private memory (RssAnon when
+each layer's statistics are ready), the seconds
 per streamed layer, statistics / matching / apply / wall seconds, and the bytes the statistics
 read. Everything is removed afterwards (``df -h`` first: ~2 GB of bf16 per 1B model, twice:
 local files and the S3 copies).
@@ -97,6 +99,7 @@ def zip_once(work: Path, s3: LocalS3, model: dict, args) -> dict:
         "model_bytes": nbytes,
         "actor_planned": z["budget"]["actor_bytes"],
         "actor_peak_rss": z["actor_peak_rss"],
+        "actor_private_rss": z["actor_private_rss"],
         "stats_bytes_read": z["stats_bytes_read"],
         "embed_s": z["stage_s"][0],
         "layer_s_median": statistics.median(layers),
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r = rows[-1]
                 print(
                     f"  {n:3d} layers ({gb(r['model_bytes'])} per model): actor planned "
-                    f"{gb(r['actor_planned'])}, peak RSS {gb(r['actor_peak_rss'])}; "
+                    f"{gb(r['actor_planned'])}, peak RSS {gb(r['actor_peak_rss'])} (private "
+                    f"{gb(r['actor_private_rss'])}); "
                     f"{r['layer_s_median']:.2f} s per layer (embedding {r['embed_s']:.2f} s), "
                     f"statistics {r['stats_s']:.0f} s, matching after them "
                     f"{r['match_s_after_stats']:.0f} s, apply {r['apply_s']:.0f} s, wall "

@@ -217,6 +217,7 @@ def stream_stats(
     return {
         "actors": len(actors),
         "actor_peak_rss": max(peaks, default=0),
+        "actor_private_rss": max((i.rss_private for st in stage_infos for i in st), default=0),
         "stats_s": stats_s,
         "stage_s": [round(max(i.seconds for i in st), 4) for st in stage_infos],
         "stats_bytes_read": sum(i.bytes_read for st in stage_infos for i in st),

@@ -36,6 +36,8 @@ PROCESS_BYTES = 400 << 20  # Python + torch + a Ray worker (as options.DEFAULT_J
 ZIPIT_TIME = (4.0e-7, 1.85)
 #: permute (Hungarian on the n x n cross block, n = U / K), same fit
 PERMUTE_TIME = (2.0e-8, 2.1)
+#: the correlation from the statistics, seconds = b * C**2 (C = features), same run
+CORRELATION_TIME = 2.0e-8
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,20 @@ class ZipBudget:
             f"{self.shards_per_actor} shard(s) per actor); each actor reads "
             f"{fmt_bytes(self.read_bytes)}, one layer at a time"
         ]
-        big = sorted(self.spaces, key=lambda s: -s.bytes)
         total = sum(s.seconds for s in self.spaces)
         out.append(
-            f"zipit matching: {len(self.spaces)} spaces, largest {big[0].name} "
-            f"(C={big[0].width}) {fmt_bytes(big[0].bytes)}, ~{big[0].seconds:.1f} s; all spaces "
-            f"~{total:.1f} CPU-s (one thread, measured constants; GPU not measured)"
-            if big
-            else "zipit matching: no spaces"
+            f"zipit matching: {len(self.spaces)} spaces, one task each, ~{total:.1f} CPU-s in all "
+            "(one thread, constants measured here; a GPU matcher was not measured):"
         )
+        groups: dict[tuple, list[str]] = {}
+        for c in self.spaces:
+            groups.setdefault((c.name.split(".")[0], c.width, c.units, c.bytes, c.seconds), [])
+            groups[(c.name.split(".")[0], c.width, c.units, c.bytes, c.seconds)].append(c.name)
+        for (_, width, units, nbytes, secs), names in groups.items():
+            which = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)})"
+            out.append(
+                f"  {which}: C={width}, U={units}, {fmt_bytes(nbytes)} each, ~{secs:.1f} s each"
+            )
         return out
 
     def as_json(self) -> dict:
@@ -145,6 +152,7 @@ def space_cost(space: Space, n_models: int, matcher: str) -> SpaceCost:
     stats = 8 * width * width + 16 * width
     if matcher == "identity":
         return SpaceCost(space.name, width, units, 0, 0.0)
+    corr_s = CORRELATION_TIME * width * width
     if matcher == "permute":
         n = space.units
         working = 2 * 8 * n * n
@@ -152,7 +160,8 @@ def space_cost(space: Space, n_models: int, matcher: str) -> SpaceCost:
     else:
         working = 3 * 4 * units * units
         a, p = ZIPIT_TIME
-    return SpaceCost(space.name, width, units, stats + 8 * width * width + working, a * units**p)
+    seconds = corr_s + a * units**p
+    return SpaceCost(space.name, width, units, stats + 8 * width * width + working, seconds)
 
 
 def zip_budget(

@@ -9,8 +9,10 @@ result is deterministic.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -65,6 +67,16 @@ class FeatureStats:
             sum=torch.zeros(c, dtype=torch.float64, device=device),
             outer=torch.zeros(c, c, dtype=torch.float64, device=device),
             sizes=tuple(int(s) for s in sizes),
+        )
+
+    def __reduce__(self):
+        """Pickle the tensors as numpy arrays: with pickle protocol 5 (Ray) they travel as
+        out-of-band buffers, written straight into the object store and read back without a
+        copy (a pickled torch tensor goes through an in-memory ``torch.save``: measured +2 GB of
+        peak RSS to return 1 GB of statistics from an actor)."""
+        return (
+            _rebuild,
+            (self.count, self.sum.cpu().numpy(), self.outer.cpu().numpy(), self.sizes),
         )
 
     def cpu(self) -> FeatureStats:
@@ -163,6 +175,14 @@ class FeatureStats:
     def _require_rows(self) -> None:
         if self.count <= 0:
             raise ValueError("FeatureStats has no rows; call update() first")
+
+
+def _rebuild(count: int, s: Any, outer: Any, sizes: tuple[int, ...]) -> FeatureStats:
+    """Unpickle :class:`FeatureStats`; the tensors may alias read-only buffers (Ray's object
+    store), which is safe: statistics read from storage are never updated in place."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # from_numpy warns that the buffer is not writable
+        return FeatureStats(count, torch.from_numpy(s), torch.from_numpy(outer), sizes)
 
 
 def _row_blocks(n: int, elements: int = 1 << 22) -> list[tuple[int, int]]:

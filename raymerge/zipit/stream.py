@@ -50,12 +50,30 @@ def load_stage(
 
 @dataclass
 class StageInfo:
-    """What one stage cost an actor: seconds, bytes read, weight bytes held (float32)."""
+    """What one stage cost an actor: seconds, bytes read, weight bytes held (float32), and the
+    process's memory when the stage's statistics were ready (private ``RssAnon``; the peak
+    ``VmHWM`` also counts the object-store pages the actor wrote its results into)."""
 
     stage: int
     seconds: float
     bytes_read: int
     weight_bytes: int
+    rss_private: int = 0
+    rss_peak: int = 0
+
+
+def process_memory() -> tuple[int, int]:
+    """(RssAnon, VmHWM) of this process in bytes (Linux; zeros elsewhere)."""
+    got = {"RssAnon": 0, "VmHWM": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":")[0]
+                if key in got:
+                    got[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return got["RssAnon"], got["VmHWM"]
 
 
 class Streamer:
@@ -121,11 +139,13 @@ class Streamer:
             if "res" in done:
                 stats["res"], self.res[si] = self.res[si], None
             out.append([stats[s].cpu() for s in done])
+        private, peak = process_memory()  # the weights and this stage's statistics still held
         self.weights = None  # the stage's weights are freed before the next stage reads
         if stage == self.stages - 1:
             self.acts = [[] for _ in self.shards]
         self.next = stage + 1
-        info = StageInfo(stage, time.perf_counter() - t0, sum(b for _, b in loaded), held)
+        read = sum(b for _, b in loaded)
+        info = StageInfo(stage, time.perf_counter() - t0, read, held, private, peak)
         return out, info
 
     def _shard_stage(self, si: int, stage: int) -> dict[str, FeatureStats]:
