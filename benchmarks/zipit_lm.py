@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)  # two threads on the shared 2-core machine ran 3x slower
     work = Path(args.workdir or tempfile.mkdtemp(prefix="zipit-lm-"))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     data = {d: splits(domain_bytes(d, args.max_bytes)) for d in DOMAINS}
     import ray
 
