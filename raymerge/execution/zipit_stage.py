@@ -33,7 +33,7 @@ from raymerge.params import resolve_parameters
 from raymerge.plan import Plan
 from raymerge.redaction import redact
 from raymerge.storage import Location, resolve
-from raymerge.zipit.budget import ZipBudget, check_budget, local_memory
+from raymerge.zipit.budget import ZipBudget, check_budget, node_memory_for
 from raymerge.zipit.spaces import Space, ZipLayout
 from raymerge.zipit.stages import finished_at, n_stages
 
@@ -267,19 +267,6 @@ def cluster_node_memory() -> int:
     return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0))
 
 
-def budget_memory(opts: RunOptions, connected: bool) -> tuple[int, str] | None:
-    """The node memory a zip's figures are checked against, and what it is: ``--node-memory``;
-    else, connected, the cluster's largest node; else this machine's memory when the run will
-    start a local Ray (None: a cluster not connected yet, checked once it is)."""
-    if opts.node_memory is not None:
-        return opts.node_memory, "--node-memory"
-    if connected:
-        return cluster_node_memory(), "the cluster's largest node, Ray's memory resource"
-    if opts.execution.address or os.environ.get("RAY_ADDRESS"):
-        return None
-    return local_memory(), "this machine's memory"
-
-
 @dataclass
 class ZipStage:
     """The stage for one zipit/permute run: prepared (calibration read and checked, memory
@@ -329,7 +316,10 @@ class ZipStage:
 
     def check(self, connected: bool) -> None:
         """Refuse a zip that no node can hold (before any tensor data is read)."""
-        mem = budget_memory(self.opts, connected)
+        address = self.opts.execution.address or os.environ.get("RAY_ADDRESS")
+        mem = node_memory_for(
+            self.opts.node_memory, address, cluster_node_memory if connected else None
+        )
         if mem is not None:
             check_budget(self.budget, *mem)
             self.info["node_memory"] = {"bytes": mem[0], "source": mem[1]}
@@ -342,7 +332,15 @@ class ZipStage:
 
     def run(self, opts: ExecOptions) -> dict[str, Matching]:
         """Statistics (streaming actors) -> matchings (one task per space, as each is ready);
-        first the memory check against the connected cluster's nodes."""
+        first the memory check against the connected cluster's nodes, with the shards each
+        actor will hold on this cluster."""
+        if self.shards:
+            from raymerge.zipit.gather import zip_figures
+
+            n = _Slots.of(len(self.shards), opts).actors
+            shape = (int(self.calibration.shape[0]), int(self.calibration.shape[1]))
+            per = -(-len(self.shards) // n)
+            self.budget = zip_figures(self.cfg, self.layout, self.models, shape, per)
         self.check(connected=True)
         t0 = time.perf_counter()
         p = self.params
@@ -385,7 +383,6 @@ class ZipStage:
 
 __all__ = [
     "ZipStage",
-    "budget_memory",
     "cluster_node_memory",
     "stream_and_match",
     "stream_stats",

@@ -22,7 +22,7 @@ matrices are float32 (similarities in [-1, 1], only compared, min-ed and scaled)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from raymerge.errors import InputError
@@ -243,6 +243,22 @@ def local_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def node_memory_for(
+    node_memory: int | None, address: str | None, cluster: Callable[[], int] | None
+) -> tuple[int, str] | None:
+    """The node memory a zip's figures are checked against, and what it is: ``--node-memory``;
+    else, connected (``cluster`` gives it), the cluster's largest node; else this machine's
+    memory when the run starts a local Ray (None: a cluster at ``address`` not connected yet,
+    checked once it is)."""
+    if node_memory is not None:
+        return node_memory, "--node-memory"
+    if cluster is not None:
+        return cluster(), "the cluster's largest node, Ray's memory resource"
+    if address:
+        return None
+    return local_memory(), "this machine's memory"
+
+
 def calibration_of(
     samples: int, tokens: int, shards: list[list[tuple[int, int]]], batch: int
 ) -> CalibrationShape:
@@ -258,6 +274,7 @@ __all__ = [
     "calibration_of",
     "check_budget",
     "local_memory",
+    "node_memory_for",
     "space_cost",
     "zip_budget",
 ]

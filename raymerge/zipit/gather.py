@@ -104,10 +104,16 @@ def calibration_shape(loc: Location, arch: str, samples: int | None) -> tuple[in
     return (min(n, samples) if samples else n), width
 
 
-def zip_figures(cfg: Any, zl: Any, models: Sequence[Any], shape: tuple[int, int] | None):
+def zip_figures(
+    cfg: Any,
+    zl: Any,
+    models: Sequence[Any],
+    shape: tuple[int, int] | None,
+    shards_per_actor: int = 1,
+):
     """The memory and time figures of a zip (:func:`raymerge.zipit.budget.zip_budget`) for
     ``models`` (their :class:`raymerge.io.reader.ModelLayout`) and calibration inputs of
-    ``shape`` (None: no statistics)."""
+    ``shape`` (None: no statistics), each actor holding ``shards_per_actor`` shards."""
     from raymerge.params import resolve_parameters
     from raymerge.zipit.budget import calibration_of, zip_budget
 
@@ -118,7 +124,9 @@ def zip_figures(cfg: Any, zl: Any, models: Sequence[Any], shape: tuple[int, int]
         shards = [s for s in shard_ranges(shape[0], c.batch_size, c.shards) if s]
         cal = calibration_of(shape[0], shape[1] if zl.arch == "llama" else 1, shards, c.batch_size)
     first = models[0]
-    return zip_budget(zl, first.tensors, first.config, len(models), cal, params["matcher"])
+    return zip_budget(
+        zl, first.tensors, first.config, len(models), cal, params["matcher"], shards_per_actor
+    )
 
 
 def plan_figures(cfg: Any, plan: Any, layouts: Sequence[Any], node_memory: int | None):

@@ -131,3 +131,12 @@ def test_budget_refuses_naming_what_does_not_fit():
     worst = max(b.spaces, key=lambda s: s.bytes)
     with pytest.raises(InputError, match=f"space '{worst.name}'"):
         check_budget(zip_budget(zl, srcs, CFG, 2, None, "zipit"), worst.bytes - 1, "test")
+
+
+def test_which_node_memory_the_figures_are_checked_against():
+    from raymerge.zipit.budget import local_memory, node_memory_for
+
+    assert node_memory_for(5, "ray://x", lambda: 7) == (5, "--node-memory")
+    assert node_memory_for(None, "ray://x", lambda: 7)[0] == 7  # connected: the cluster's
+    assert node_memory_for(None, "ray://x", None) is None  # a cluster not connected yet
+    assert node_memory_for(None, None, None) == (local_memory(), "this machine's memory")
