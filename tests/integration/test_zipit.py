@@ -429,3 +429,34 @@ def test_zipit_memory_is_stated_and_checked_before_any_data(llama_pair, tmp_path
     err = capsys.readouterr().err
     assert "space 'mlp.0'" in err and "space 'mlp.1'" in err and "--node-memory" in err
     assert not (tmp_path / "o").exists()  # refused before the output was claimed
+
+
+def test_llama_partial_zip_to_s3(llama_pair, tmp_path, ray_session, s3, capsys):
+    from raymerge.storage import resolve
+    from raymerge.verify import verify_output
+
+    cfg, a, _, pa, pb, cal, ids = llama_pair
+    fs = resolve("s3://part", {"s3://": s3}).fs
+    fs.mkdir("part")
+    zcfg = tmp_path / "s3.json"
+    zcfg.write_text(
+        json.dumps(
+            {
+                "merge_method": "zipit",
+                "models": [{"model": pa}, {"model": pb}],
+                "parameters": {"stop_at": 1},
+                "calibration": {"url": cal, "batch_size": 8},
+                "storage_options": {"s3://": s3},
+            }
+        )
+    )
+    run(str(zcfg), "s3://part/out", capsys)
+    got = verify_output(resolve("s3://part/out", {"s3://": s3}))
+    assert sorted(got["checkpoints"]) == ["model_0", "model_1"]
+    local = tmp_path / "m1"
+    fs.get("part/out/model_1", str(local), recursive=True)
+    model, info = _checkpoint(local)
+    assert not any(info.values())
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert (logits - llama_forward(a, cfg, ids)[0]).abs().max() < 1e-4
