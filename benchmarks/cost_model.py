@@ -50,6 +50,11 @@ no storage limit: the page cache) with 1 worker (in-sample: its own rates) and w
 
 The last line printed is one JSON object holding every number.
 
+``--zipit`` predicts a 70B *zip* (ZipIt: streamed statistics, matching, apply) on N GPU nodes
+instead (:mod:`zipit_cost`; its flags ``--zip-nodes``, ``--gpus-per-node``, ``--actors-per-node``,
+``--samples``, ``--tokens``, ``--gpu-fp64-tflops``, ``--gpu-step-ms``, ... are listed by
+``--help``), printing its assumptions.
+
 Usage::
 
     python benchmarks/cost_model.py [--nodes 1,2,4,8,16] [--cpus-per-node 8] [--node-gbps 1.25]
@@ -73,6 +78,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import zipit_cost
 from _common import (
     SCALES,
     build_family,
@@ -560,7 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         help="no local run (all rates from flags or manifests)",
     )
     ap.add_argument("--workdir", default="/tmp/raymerge-costmodel")
+    ap.add_argument("--zipit", action="store_true", help="predict a 70B ZipIt zip instead")
+    zipit_cost.add_flags(ap)
     args = ap.parse_args(argv)
+    if args.zipit:
+        zipit_cost.run(args)
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := set(methods) - set(MODEL_METHODS):
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}; valid: linear, ties")

@@ -106,6 +106,10 @@ def commit_output(
 
     The side files, the card and the index are built first, so the manifest records each one's
     checksum (``raymerge verify`` checks them); ``_SUCCESS`` pins the manifest's checksum."""
+    if plan.zip_layout is not None and plan.zip_layout.checkpoints:  # one checkpoint per model
+        from raymerge.zipit.outputs import commit_checkpoints
+
+        return commit_checkpoints(cfg, out, plan, layouts, results, summary, run_id)
     public = cfg.public_dict()
     fingerprints = [lay.fingerprint() for lay in layouts]
     files = _side_files(plan, layouts)  # the reference model's: config, tokenizer, ...

@@ -168,6 +168,13 @@ class RunOptions:
     allow_nonfinite: bool = _opt(
         False, "merge inputs holding NaN/Inf, and keep non-finite results", parse="flag"
     )
+    node_memory: int | None = _opt(
+        None,
+        "memory of the largest node, to check a zipit run's statistics actors and matchers "
+        "against (default: the connected cluster's, else this machine's)",
+        parse=parse_size,
+        plan=True,
+    )
     ledger_interval: float = _opt(
         2.0, "seconds between resume records; a resumed run redoes at most this much", parse=seconds
     )

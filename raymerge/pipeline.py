@@ -160,15 +160,17 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lea
     check_not_an_input(out, [lay.location for lay in layouts])
     inspect_output(out, opts.overwrite)
     zipit = None
-    if plan.zip_layout is not None:  # reads and checks the calibration file
+    if plan.zip_layout is not None:  # reads and checks the calibration file, checks memory
         from raymerge.execution.zipit_stage import ZipStage
 
-        zipit = ZipStage.prepare(cfg, plan, layouts)
+        zipit = ZipStage.prepare(cfg, plan, layouts, opts)
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
     inputs = [lay.fingerprint() for lay in layouts]
     lease.acquire()
     claim = claim_output(out, plan.config_hash, layout, opts.overwrite, inputs, digest(inputs))
+    if zipit is not None and claim.complete is None:
+        zipit.unmark(out)  # a partial zip's checkpoint markers of an earlier run
     ledger = Ledger(out, layout, interval=opts.ledger_interval)
     return _Run(cfg, out, plan, layouts, zipit, sink, claim, ledger)
 

@@ -113,6 +113,16 @@ def print_summary(s: Mapping[str, Any], file: TextIO = sys.stdout) -> None:
                 f"{z['stats_s']:.2f} s, matching {z['match_s']:.2f} s",
             )
         )
+        b = z.get("budget") or {}
+        if b.get("actor_bytes"):
+            rows.append(
+                (
+                    f"{z['matcher']} memory",
+                    f"statistics actor planned {fmt_bytes(b['actor_bytes'])}, peak RSS "
+                    f"{fmt_bytes(z.get('actor_peak_rss', 0))}; largest matcher planned "
+                    f"{fmt_bytes(max((v['bytes'] for v in b['spaces'].values()), default=0))}",
+                )
+            )
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}", file=file)

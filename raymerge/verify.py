@@ -13,6 +13,7 @@ once, so it works on S3 outputs of any size.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -74,6 +75,8 @@ def verify_output(
     if not out.fs.exists(out.child(SUCCESS).path):
         raise VerifyError(f"{out.url}: no {SUCCESS} marker: the run did not finish")
     success = _json(out, SUCCESS)
+    if "checkpoints" in success:  # a decoder partial zip: one checkpoint per model
+        return _verify_checkpoints(out, success, inputs, storage_options)
     data = _small(out, MANIFEST)
     pinned = success.get("manifest")
     if pinned and (pinned.get("size") != len(data) or pinned.get("checksum") != checksum(data)):
@@ -102,6 +105,36 @@ def verify_output(
         "inputs": n_inputs,
         "config_hash": meta.get("config_hash"),
     }
+
+
+def _verify_checkpoints(
+    out: Location,
+    success: Mapping[str, Any],
+    inputs: bool,
+    storage_options: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """An output of several checkpoints (a decoder partial zip): each folder it lists verifies
+    and was written by the same run; OUT holds nothing else."""
+    folders = success.get("checkpoints")
+    if (
+        not isinstance(folders, list)
+        or not folders
+        or not all(isinstance(f, str) and _FOLDER.fullmatch(f) for f in folders)
+    ):
+        raise VerifyError(f"{out.url}/{SUCCESS}: 'checkpoints' is not a list of folder names")
+    _check_stray(out, {*folders, SUCCESS})
+    each = {}
+    for f in folders:
+        sub = out.child(f)
+        each[f] = verify_output(sub, inputs=inputs, storage_options=storage_options)
+        if _json(sub, SUCCESS).get("run_id") != success.get("run_id"):
+            raise VerifyError(f"{sub.url}: written by another run than {out.url}/{SUCCESS}")
+    keys = ("pieces", "bytes", "shards", "files", "inputs")
+    total = {k: sum(r[k] for r in each.values()) for k in keys}
+    return {**total, "config_hash": success.get("config_hash"), "checkpoints": each}
+
+
+_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # model_0, ...: never "..", never a path
 
 
 def _check_index(out: Location, rows: list[dict[str, Any]]) -> None:

@@ -31,10 +31,17 @@ def main(args: argparse.Namespace) -> int:
     from raymerge.pipeline import build_plan
     from raymerge.storage import resolve
 
-    cfg = load(args)
+    cfg, opts = load(args), options_from(args)
     local = args.out is None or resolve(args.out, cfg.storage_options, output=True).is_local
-    plan, _ = build_plan(cfg, options_from(args), 0 if local else MIN_PART_BYTES)
+    plan, layouts = build_plan(cfg, opts, 0 if local else MIN_PART_BYTES)
     s = plan.summary()
+    zip_lines = []
+    if plan.zip_layout is not None:  # statistics and matching figures, checked (exit 2)
+        from raymerge.zipit.gather import plan_figures
+
+        budget, mem, where = plan_figures(cfg, plan, layouts, opts.node_memory)
+        s["zipit"] = {**budget.as_json(), "node_memory": {"bytes": mem, "source": where}}
+        zip_lines = budget.lines() + [f"  (fits: checked against {fmt_bytes(mem)}, {where})"]
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -46,4 +53,6 @@ def main(args: argparse.Namespace) -> int:
     )
     for sh in s["output_shards"]:
         print(f"  {sh['name']}: {fmt_bytes(sh['bytes'])}, {sh['tensors']} tensors")
+    for line in zip_lines:
+        print(line)
     return 0

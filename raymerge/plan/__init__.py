@@ -143,6 +143,7 @@ def make_plan(
         lambda n: inputs.shape(by_name[n]),
         out_dtypes.__getitem__,
         shard_size,
+        zl.checkpoints if zl is not None else (),  # a decoder partial zip: one folder per model
     )
     # 2. parameters, then pieces
     resolved = _resolve_all(cfg, specs)

@@ -63,9 +63,15 @@ def zip_tensor(
         out = y if out is None else out.add_(y)
     assert out is not None, "a zipped tensor has at least one source"
     for ax in axes:
-        if ax.mode == "merge":
-            sizes = matchings[ax.space].sizes.to(device=out.device, dtype=out.dtype)
-            div = sizes.repeat_interleave(ax.expand)
+        if ax.mode in ("merge", "own"):
+            m = matchings[ax.space]
+            if ax.mode == "own":  # one model's members only; clusters it has none of stay 0
+                if len(set(models)) != 1:
+                    raise ValueError(f"axis mode 'own' needs one source model, got {models}")
+                sizes = torch.bincount(m.assign[models[0]], minlength=m.n_out).clamp_(min=1)
+            else:
+                sizes = m.sizes
+            div = sizes.to(device=out.device, dtype=out.dtype).repeat_interleave(ax.expand)
             view = [1] * out.dim()
             view[ax.dim] = -1
             out.div_(div.reshape(view))

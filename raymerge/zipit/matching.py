@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raymerge.zipit.stats import symmetrize_
+
 MATCHERS = ("zipit", "permute", "identity")
 
 _NEG_INF = float("-inf")
@@ -94,18 +96,26 @@ def _equal_widths(sizes: Sequence[int], who: str, min_models: int) -> tuple[int,
     return len(sizes), sizes[0]
 
 
-def _prepared_corr(corr: torch.Tensor, width: int) -> torch.Tensor:
-    """A float64 symmetric copy of ``corr``; checks shape [C, C] and finiteness."""
+def _prepared_corr(
+    corr: torch.Tensor,
+    width: int,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """A symmetric copy of ``corr`` in ``dtype`` on ``device``; checks shape [C, C] and
+    finiteness. Cast, then symmetrised in place by blocks (no second [C, C] temporary)."""
     if corr.dim() != 2 or tuple(corr.shape) != (width, width):
         raise ValueError(f"expected a [{width}, {width}] correlation, got {tuple(corr.shape)}")
-    c = corr.detach().to(device="cpu", dtype=torch.float64)
+    c = corr.detach().to(device=device, dtype=dtype, copy=True)
     if not bool(torch.isfinite(c).all()):
         raise ValueError("correlation matrix has non-finite entries")
-    return (c + c.T) / 2
+    symmetrize_(c)
+    return c
 
 
 def _from_labels(label: torch.Tensor, active: torch.Tensor, k: int, n: int) -> Matching:
     """Matching from ``label[feature] = surviving slot``; clusters numbered by slot order."""
+    label, active = label.cpu(), active.cpu()
     slots = torch.nonzero(active).flatten()
     cluster_of_slot = torch.full((k * n,), -1, dtype=torch.int64)
     cluster_of_slot[slots] = torch.arange(slots.numel())
@@ -115,13 +125,21 @@ def _from_labels(label: torch.Tensor, active: torch.Tensor, k: int, n: int) -> M
 
 
 def _block_sharing(score: torch.Tensor, mem: torch.Tensor, models: torch.Tensor) -> None:
-    """Set ``score`` to -inf for every pair of clusters that both contain one of ``models``."""
-    has = mem[:, models].to(torch.float64)
-    score[(has @ has.T) > 0] = _NEG_INF
+    """Set ``score`` to -inf for every pair of clusters that both contain one of ``models``
+    (one model at a time: O(rows^2) index work, no [C, C] temporary)."""
+    for m in torch.nonzero(models).flatten().tolist():
+        rows = torch.nonzero(mem[:, m]).flatten()
+        score[rows[:, None], rows[None, :]] = _NEG_INF
 
 
 def match_zipit(
-    corr: torch.Tensor, sizes: Sequence[int], *, alpha: float = 0.5, beta: float = 1.0
+    corr: torch.Tensor,
+    sizes: Sequence[int],
+    *,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
 ) -> Matching:
     """ZipIt! greedy matching (Stoica et al., ICLR 2024, Sec. 4.1 and 4.3).
 
@@ -152,8 +170,12 @@ def match_zipit(
     * If every remaining pair is forbidden (possible for K >= 3 with small beta or alpha <= 0),
       the constraints are relaxed for that step and the most similar pair is merged anyway.
 
-    Clusters are numbered by their lowest member's flat index. Cost: O(C^2) memory (two float64
-    matrices) and, per merge, O(C) plus a row rescan for clusters whose best partner changed.
+    Clusters are numbered by their lowest member's flat index. Cost: O(C^2) memory (two
+    ``dtype`` matrices: 2 x 4 C^2 bytes in float32) and, per merge, O(C) plus a row rescan for
+    clusters whose best partner changed. ``dtype``/``device``: the working matrices (float32 is
+    enough for similarities in [-1, 1] that are only compared, min-ed and scaled by alpha: it
+    can only flip pairs whose float64 scores differ by less than float32's rounding, ~6e-8;
+    float32 on a GPU is the fast path). The same inputs, dtype and device give the same result.
 
     Long because the exact rules are stated here, next to the one loop that follows them.
     """
@@ -165,16 +187,17 @@ def match_zipit(
         raise ValueError(f"beta must be >= 0, got {beta}")
     budget = math.floor(beta * steps / k + 1e-9)
 
-    sims = _prepared_corr(corr, width)
+    sims = _prepared_corr(corr, width, dtype, device)
     sims.fill_diagonal_(_NEG_INF)  # unconstrained similarities, for the relaxed fallback only
     score = sims.clone()  # the same with forbidden pairs at -inf
-    idx = torch.arange(width)
-    mem = torch.zeros(width, k, dtype=torch.bool)
+    dev = sims.device
+    idx = torch.arange(width, device=dev)
+    mem = torch.zeros(width, k, dtype=torch.bool, device=dev)
     mem[idx, idx // n] = True
-    active = torch.ones(width, dtype=torch.bool)
+    active = torch.ones(width, dtype=torch.bool, device=dev)
     label = idx.clone()
-    used = torch.zeros(k, dtype=torch.int64)
-    exhausted = torch.full((k,), budget <= 0, dtype=torch.bool)
+    used = torch.zeros(k, dtype=torch.int64, device=dev)
+    exhausted = torch.full((k,), budget <= 0, dtype=torch.bool, device=dev)
     if bool(exhausted.any()):
         _block_sharing(score, mem, exhausted)
     rowmax = score.max(dim=1).values
@@ -253,12 +276,19 @@ def match_permute(corr: torch.Tensor, sizes: Sequence[int]) -> Matching:
         ) from None
 
     k, n = _equal_widths(sizes, "permute matching", min_models=2)
-    c = _prepared_corr(corr, k * n).numpy()
+    width = k * n
+    if corr.dim() != 2 or tuple(corr.shape) != (width, width):
+        raise ValueError(f"expected a [{width}, {width}] correlation, got {tuple(corr.shape)}")
     assign = [torch.arange(n)]
     for m in range(1, k):
-        rows, cols = linear_sum_assignment(c[:n, m * n : (m + 1) * n], maximize=True)
+        # the cross block of the symmetrised correlation (only n^2 entries are copied)
+        cols = slice(m * n, (m + 1) * n)
+        block = (corr[:n, cols].double() + corr[cols, :n].double().T).cpu() / 2
+        if not bool(torch.isfinite(block).all()):
+            raise ValueError("correlation matrix has non-finite entries")
+        rows, picked = linear_sum_assignment(block.numpy(), maximize=True)
         a = np.empty(n, dtype=np.int64)
-        a[cols] = rows
+        a[picked] = rows
         assign.append(torch.from_numpy(a))
     return Matching(assign=tuple(assign), sizes=torch.full((n,), k, dtype=torch.int64))
 
@@ -279,10 +309,13 @@ def match(
     *,
     alpha: float = 0.5,
     beta: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
 ) -> Matching:
-    """Dispatch to ``match_zipit`` / ``match_permute`` / ``match_identity`` by ``kind``."""
+    """Dispatch to ``match_zipit`` / ``match_permute`` / ``match_identity`` by ``kind``
+    (``dtype``/``device``: zipit's working matrices; permute runs scipy in float64)."""
     if kind == "zipit":
-        return match_zipit(corr, sizes, alpha=alpha, beta=beta)
+        return match_zipit(corr, sizes, alpha=alpha, beta=beta, dtype=dtype, device=device)
     if kind == "permute":
         return match_permute(corr, sizes)
     if kind == "identity":

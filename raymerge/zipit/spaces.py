@@ -20,10 +20,11 @@ Supported architectures (:func:`detect`):
   heads of layer l, matched as whole key/value groups (a unit is one KV head with its query heads,
   so GQA groups and RoPE pairs inside a head stay intact; heads are never merged within a model).
 
-Partial zip (``stop_at: k``, MLP only): layers 0..k-1 are zipped into a shared trunk; the rest of
-each model becomes its own head, stored as ``heads.{j}.layers.{i}.*``, whose first layer reads the
-trunk's merged features through model j's unmerge (folded into its weight). See
-:func:`raymerge.zipit.forward.mlp_forward` for the loader.
+Partial zip (``stop_at: k``): layers 0..k-1 are zipped into a shared trunk and each model keeps
+its own layers k.. . MLPs: one checkpoint whose heads are stored as ``heads.{j}.layers.{i}.*``,
+the first layer of each reading the trunk's merged features through model j's unmerge (folded
+into its weight; :func:`raymerge.zipit.forward.mlp_forward` loads it). Decoders: one ordinary
+checkpoint per model, ``model_{j}/`` (:mod:`raymerge.zipit.partial`).
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ from typing import Any
 
 MLP_RE = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
-MODES = ("merge", "unmerge", "mean")
+MODES = ("merge", "unmerge", "mean", "own")
 
 
 @dataclass(frozen=True)
 class Axis:
     """How one tensor axis moves: ``mode`` "merge" (rows written into ``space``: cluster average),
-    "unmerge" (columns read from ``space``: cluster sum) or "mean" (plain average over the
-    sources, for shared outputs such as logits). ``expand``: tensor entries per space unit."""
+    "unmerge" (columns read from ``space``: cluster sum), "mean" (plain average over the
+    sources, for shared outputs such as logits) or "own" (a one-model tensor's rows written into
+    ``space``: the average over that model's own members of each cluster, 0 where it has none;
+    a partial zip's heads). ``expand``: tensor entries per space unit."""
 
     dim: int
     space: str
@@ -88,9 +91,15 @@ class ZipTensor:
 
 @dataclass(frozen=True)
 class ZipLayout:
+    """The spaces to match and every output tensor. ``depth``: the layers whose features the
+    statistics need (a partial zip's trunk); ``checkpoints``: one output folder per model (a
+    decoder partial zip), else ``()`` (one checkpoint in OUT)."""
+
     arch: str
     spaces: tuple[Space, ...]
     tensors: tuple[ZipTensor, ...]
+    depth: int = 0
+    checkpoints: tuple[str, ...] = ()
 
     def space(self, name: str) -> Space:
         return next(s for s in self.spaces if s.name == name)
@@ -120,9 +129,12 @@ def describe(
     arch = detect(list(shapes), config)
     if arch == "mlp":
         return _mlp(shapes, n_models, stop_at)
-    if stop_at is not None:
-        raise ValueError("stop_at (partial zip) is supported for MLP checkpoints only")
-    return _llama(shapes, dict(config or {}), n_models)
+    full = _llama(shapes, dict(config or {}), n_models)
+    if stop_at is None:
+        return full
+    from raymerge.zipit.partial import llama_partial
+
+    return llama_partial(full, stop_at)
 
 
 def _mlp(shapes: Mapping[str, tuple[int, ...]], n_models: int, stop_at: int | None) -> ZipLayout:
@@ -169,58 +181,66 @@ def _mlp(shapes: Mapping[str, tuple[int, ...]], n_models: int, stop_at: int | No
                     tensors.append(
                         ZipTensor(f"heads.{j}.{name}", ((j, name),), axes(int(i), kind, False))
                     )
-    return ZipLayout("mlp", spaces, tuple(tensors))
+    return ZipLayout("mlp", spaces, tuple(tensors), depth=k)
 
 
 LLAMA_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 def _llama(shapes: Mapping[str, tuple[int, ...]], config: dict[str, Any], n_models: int):
-    d = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    kv = int(config.get("num_key_value_heads") or heads)
-    hd = int(config.get("head_dim") or d // heads)
-    rep = heads // kv
     if "lm_head.weight" not in shapes:
         raise ValueError(
             "zipit needs an lm_head.weight tensor: with tied embeddings the zipped embedding "
             "(merged columns) and lm_head (unmerged columns) differ"
         )
-    res = Space("res", d)
-    spaces: dict[str, Space] = {"res": res}
-    models = range(n_models)
-    tensors: list[ZipTensor] = []
-    for name, shape in shapes.items():
-        m = LLAMA_LAYER.match(name)
-        if name == "model.embed_tokens.weight":
-            axes: tuple[Axis, ...] = (Axis(1, "res", "merge"),)
-        elif name == "model.norm.weight":
-            axes = (Axis(0, "res", "merge"),)
-        elif name == "lm_head.weight":
-            axes = (Axis(0, "", "mean"), Axis(1, "res", "unmerge"))
-        elif m:
-            layer, rest = int(m.group(1)), m.group(2)
-            attn, mlp = f"attn.{layer}", f"mlp.{layer}"
-            if rest in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-                axes = (Axis(0, "res", "merge"),)
-            elif rest.startswith(("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")):
-                spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
-                rows = rep * hd if rest.startswith("self_attn.q_proj.") else hd
-                axes = (Axis(0, attn, "merge", rows),)
-                if rest.endswith(".weight"):
-                    axes += (Axis(1, "res", "unmerge"),)
-            elif rest == "self_attn.o_proj.weight":
-                spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
-                axes = (Axis(0, "res", "merge"), Axis(1, attn, "unmerge", rep * hd))
-            elif rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
-                spaces.setdefault(mlp, Space(mlp, shape[0]))
-                axes = (Axis(0, mlp, "merge"), Axis(1, "res", "unmerge"))
-            elif rest == "mlp.down_proj.weight":
-                spaces.setdefault(mlp, Space(mlp, shape[1]))
-                axes = (Axis(0, "res", "merge"), Axis(1, mlp, "unmerge"))
-            else:
-                raise ValueError(f"zipit does not know how tensor {name!r} moves")
-        else:
-            raise ValueError(f"zipit does not know how tensor {name!r} moves")
-        tensors.append(ZipTensor(name, tuple((k, name) for k in models), axes))
-    return ZipLayout("llama", tuple(spaces.values()), tuple(tensors))
+    spaces: dict[str, Space] = {"res": Space("res", int(config["hidden_size"]))}
+    tensors = [
+        ZipTensor(
+            name,
+            tuple((k, name) for k in range(n_models)),
+            _llama_axes(name, shape, config, spaces),
+        )
+        for name, shape in shapes.items()
+    ]
+    return ZipLayout(
+        "llama", tuple(spaces.values()), tuple(tensors), depth=int(config["num_hidden_layers"])
+    )
+
+
+def _llama_axes(
+    name: str, shape: tuple[int, ...], config: dict[str, Any], spaces: dict[str, Space]
+) -> tuple[Axis, ...]:
+    """How tensor ``name`` of a decoder moves in a full zip; registers the spaces it touches."""
+    d = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv = int(config.get("num_key_value_heads") or heads)
+    hd = int(config.get("head_dim") or d // heads)
+    rep = heads // kv
+    m = LLAMA_LAYER.match(name)
+    if name == "model.embed_tokens.weight":
+        return (Axis(1, "res", "merge"),)
+    if name == "model.norm.weight":
+        return (Axis(0, "res", "merge"),)
+    if name == "lm_head.weight":
+        return (Axis(0, "", "mean"), Axis(1, "res", "unmerge"))
+    if not m:
+        raise ValueError(f"zipit does not know how tensor {name!r} moves")
+    layer, rest = int(m.group(1)), m.group(2)
+    attn, mlp = f"attn.{layer}", f"mlp.{layer}"
+    if rest in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+        return (Axis(0, "res", "merge"),)
+    if rest.startswith(("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")):
+        spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
+        rows = rep * hd if rest.startswith("self_attn.q_proj.") else hd
+        axes = (Axis(0, attn, "merge", rows),)
+        return axes + ((Axis(1, "res", "unmerge"),) if rest.endswith(".weight") else ())
+    if rest == "self_attn.o_proj.weight":
+        spaces.setdefault(attn, Space(attn, kv, rep * hd, within=False))
+        return (Axis(0, "res", "merge"), Axis(1, attn, "unmerge", rep * hd))
+    if rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
+        spaces.setdefault(mlp, Space(mlp, shape[0]))
+        return (Axis(0, mlp, "merge"), Axis(1, "res", "unmerge"))
+    if rest == "mlp.down_proj.weight":
+        spaces.setdefault(mlp, Space(mlp, shape[1]))
+        return (Axis(0, "res", "merge"), Axis(1, mlp, "unmerge"))
+    raise ValueError(f"zipit does not know how tensor {name!r} moves")

@@ -9,8 +9,10 @@ result is deterministic.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,7 +31,8 @@ class FeatureStats:
     """Sufficient statistics of one feature space over the concatenated features of K models.
 
     Rows are inputs; columns are the features of model 0, then model 1, ... (``sizes`` gives the
-    width of each model; ``sum(sizes) == C``). All tensors are float64 on the CPU.
+    width of each model; ``sum(sizes) == C``). All tensors are float64, on the CPU unless made
+    on a GPU (:meth:`empty`'s ``device``; :meth:`cpu` before they leave the device).
     """
 
     count: int
@@ -56,15 +59,31 @@ class FeatureStats:
         return sum(self.sizes)
 
     @classmethod
-    def empty(cls, sizes: Sequence[int]) -> FeatureStats:
+    def empty(cls, sizes: Sequence[int], device: str | torch.device = "cpu") -> FeatureStats:
         """Zero statistics (the identity of ``+``) for models of widths ``sizes``."""
         c = sum(int(s) for s in sizes)
         return cls(
             count=0,
-            sum=torch.zeros(c, dtype=torch.float64),
-            outer=torch.zeros(c, c, dtype=torch.float64),
+            sum=torch.zeros(c, dtype=torch.float64, device=device),
+            outer=torch.zeros(c, c, dtype=torch.float64, device=device),
             sizes=tuple(int(s) for s in sizes),
         )
+
+    def __reduce__(self):
+        """Pickle the tensors as numpy arrays: with pickle protocol 5 (Ray) they travel as
+        out-of-band buffers, written straight into the object store and read back without a
+        copy (a pickled torch tensor goes through an in-memory ``torch.save``: measured +2 GB of
+        peak RSS to return 1 GB of statistics from an actor)."""
+        return (
+            _rebuild,
+            (self.count, self.sum.cpu().numpy(), self.outer.cpu().numpy(), self.sizes),
+        )
+
+    def cpu(self) -> FeatureStats:
+        """These statistics on the CPU (itself when they are there already)."""
+        if self.outer.device.type == "cpu":
+            return self
+        return FeatureStats(self.count, self.sum.cpu(), self.outer.cpu(), self.sizes)
 
     def update(self, feats: torch.Tensor) -> None:
         """Accumulate a batch of rows ``feats`` [N, C] (any float dtype; summed in float64)."""
@@ -73,10 +92,10 @@ class FeatureStats:
                 f"expected features [N, {self.width}] for sizes {self.sizes}, "
                 f"got {tuple(feats.shape)}"
             )
-        x = feats.detach().to(device="cpu", dtype=torch.float64)
+        x = feats.detach().to(device=self.outer.device, dtype=torch.float64)
         self.count += int(x.shape[0])
         self.sum += x.sum(dim=0)
-        self.outer += x.T @ x
+        self.outer.addmm_(x.T, x)  # in place: no [C, C] temporary
 
     def __add__(self, other: FeatureStats) -> FeatureStats:
         """Statistics of the union of both row sets (a new object; ``sizes`` must match)."""
@@ -101,19 +120,25 @@ class FeatureStats:
 
         The biased form matches the official ZipIt! ``CovarianceMetric``; the normalisation
         cancels in :meth:`correlation` anyway. The result is symmetrised and its diagonal
-        clamped at 0 (cancellation can leave tiny negative variances).
+        clamped at 0 (cancellation can leave tiny negative variances). Memory: the result plus
+        row blocks of temporaries (no second [C, C] matrix).
         """
         mean = self.mean()
-        cov = self.outer / self.count - torch.outer(mean, mean)
-        cov = (cov + cov.T) / 2
+        cov = self.outer / self.count
+        cov.addr_(mean, mean, alpha=-1.0)
+        symmetrize_(cov)
         cov.diagonal().clamp_(min=0.0)
         return cov
 
+    def variance(self) -> torch.Tensor:
+        """The diagonal of :meth:`covariance` without the [C, C] matrix, float64 [C]."""
+        mean = self.mean()
+        return (self.outer.diagonal() / self.count - mean * mean).clamp_(min=0.0)
+
     def constant_mask(self) -> torch.Tensor:
         """Bool [C]: features that are constant over all rows seen (see ``CONST_REL_VAR``)."""
-        var = self.covariance().diagonal()
         second = self.outer.diagonal() / self.count
-        return var <= CONST_REL_VAR * second
+        return self.variance() <= CONST_REL_VAR * second
 
     def correlation(self) -> torch.Tensor:
         """Pearson correlation of every pair of features, float64 [C, C] in [-1, 1].
@@ -123,31 +148,59 @@ class FeatureStats:
         with every other constant feature of the same value (means within
         ``CONST_MEAN_TOL * max(1, |mean_i|, |mean_j|)``) and 0.0 with everything else. So dead
         ReLU units (constant 0) are perfectly matchable with each other, and never preferred
-        over a real match for a live unit. The diagonal is exactly 1.
+        over a real match for a live unit. The diagonal is exactly 1. Computed in place over the
+        covariance, in row blocks: peak memory is one [C, C] float64 matrix plus a block.
         """
-        cov = self.covariance()
+        corr = self.covariance()
         mean = self.mean()
         const = self.constant_mask()
-        std = cov.diagonal().sqrt()
+        std = corr.diagonal().sqrt()
         live = ~const
-        denom = torch.outer(std, std)
-        corr = torch.zeros_like(cov)
-        both_live = live[:, None] & live[None, :]
-        corr[both_live] = cov[both_live] / denom[both_live]
-        scale = torch.maximum(mean.abs()[:, None], mean.abs()[None, :]).clamp(min=1.0)
-        same_const = (
-            const[:, None]
-            & const[None, :]
-            & ((mean[:, None] - mean[None, :]).abs() <= CONST_MEAN_TOL * scale)
-        )
-        corr[same_const] = 1.0
-        corr = corr.clamp_(-1.0, 1.0)
+        scale_of = mean.abs()
+        for a, b in _row_blocks(corr.shape[0]):
+            blk = corr[a:b]
+            both_live = live[a:b, None] & live[None, :]
+            div = blk / torch.outer(std[a:b], std)
+            scale = torch.maximum(scale_of[a:b, None], scale_of[None, :]).clamp(min=1.0)
+            same_const = (
+                const[a:b, None]
+                & const[None, :]
+                & ((mean[a:b, None] - mean[None, :]).abs() <= CONST_MEAN_TOL * scale)
+            )
+            blk.copy_(torch.where(both_live, div, torch.where(same_const, 1.0, 0.0)))
+        corr.clamp_(-1.0, 1.0)
         corr.fill_diagonal_(1.0)
         return corr
 
     def _require_rows(self) -> None:
         if self.count <= 0:
             raise ValueError("FeatureStats has no rows; call update() first")
+
+
+def _rebuild(count: int, s: Any, outer: Any, sizes: tuple[int, ...]) -> FeatureStats:
+    """Unpickle :class:`FeatureStats`; the tensors may alias read-only buffers (Ray's object
+    store), which is safe: statistics read from storage are never updated in place."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # from_numpy warns that the buffer is not writable
+        return FeatureStats(count, torch.from_numpy(s), torch.from_numpy(outer), sizes)
+
+
+def _row_blocks(n: int, elements: int = 1 << 22) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of an [n, n] matrix holding about ``elements`` entries each."""
+    step = max(1, elements // max(n, 1))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def symmetrize_(m: torch.Tensor, tile: int = 512) -> None:
+    """``m = (m + m.T) / 2`` in place, a pair of square tiles at a time (no [C, C] temporary;
+    tiles keep the transposed reads in cache)."""
+    n = m.shape[0]
+    for a in range(0, n, tile):
+        for b in range(a, n, tile):
+            upper = m[a : a + tile, b : b + tile]
+            avg = (upper + m[b : b + tile, a : a + tile].T) / 2
+            upper.copy_(avg)
+            m[b : b + tile, a : a + tile].copy_(avg.T)
 
 
 def tree_reduce(parts: Sequence[FeatureStats]) -> FeatureStats:

@@ -157,27 +157,67 @@ def test_partial_zip_gives_trunk_and_one_head_per_model(mlp_pair, tmp_path, ray_
         assert (h - want).abs().max() < 1e-4
 
 
-def test_statistics_over_several_actors_equal_one_pass(mlp_pair, ray_session):
-    from raymerge.execution.zipit_stage import zipit_stats
-    from raymerge.io.reader import read_model
+def _streamed(layout, lays, config, x, shards):
+    """Reduced statistics of every space from the streaming actors (no matching)."""
+    import ray
+
+    from raymerge.execution.zipit_stage import stream_stats
     from raymerge.options import ExecOptions
+
+    roots = {}
+
+    def keep(name, ref, slots):
+        roots[name] = ref
+
+    models = [(lay.location, lay.tensors) for lay in lays]
+    info = stream_stats(layout, models, config, x, shards, ExecOptions(), keep, actors=2)
+    return {k: ray.get(r) for k, r in roots.items()}, info
+
+
+def test_statistics_over_several_actors_equal_one_pass(mlp_pair, ray_session):
+    from raymerge.io.reader import read_model
     from raymerge.storage import resolve
+    from raymerge.zipit.spaces import describe
 
     _, pa, pb, _, x = mlp_pair
     lays = [read_model(p, resolve(p)) for p in (pa, pb)]
-    models = [(lay.location, lay.tensors) for lay in lays]
+    layout = describe({n: t.shape for n, t in lays[0].tensors.items()}, None, 2)
     spaces = ["h0", "h1"]
     shards = shard_ranges(len(x), 40, 4)
-    got, actors = zipit_stats("mlp", models, None, x, shards, spaces, ExecOptions())
-    assert actors == 2
-    loaded = [load_tensors(loc, src) for loc, src in models]
+    got, info = _streamed(layout, lays, None, x, shards)
+    assert info["actors"] == 2 and len(info["stage_s"]) == 2
+    loaded = [load_tensors(lay.location, lay.tensors) for lay in lays]
     one = shard_stats("mlp", loaded, None, x, [(0, len(x))], spaces)
     for s in spaces:
         assert got[s].count == one[s].count == len(x)
         torch.testing.assert_close(got[s].sum, one[s].sum, rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(got[s].outer, one[s].outer, rtol=1e-12, atol=1e-9)
-    per_shard = [shard_stats("mlp", loaded, None, x, b, spaces)["h0"] for b in shards]
-    torch.testing.assert_close(tree_reduce(per_shard).outer, got["h0"].outer, rtol=0, atol=0)
+    # the layer-streamed actors equal the all-in-memory reference, shard by shard, exactly
+    for s in spaces:
+        per_shard = [shard_stats("mlp", loaded, None, x, b, spaces)[s] for b in shards]
+        ref = tree_reduce(per_shard)
+        assert torch.equal(ref.outer, got[s].outer) and torch.equal(ref.sum, got[s].sum)
+
+
+def test_llama_streamed_actors_equal_reference(llama_pair, ray_session):
+    from raymerge.io.reader import read_model
+    from raymerge.storage import resolve
+    from raymerge.zipit.spaces import describe
+
+    cfg, _, _, pa, pb, _, ids = llama_pair
+    lays = [read_model(p, resolve(p)) for p in (pa, pb)]
+    layout = describe({n: t.shape for n, t in lays[0].tensors.items()}, cfg, 2)
+    shards = shard_ranges(len(ids), 5, 3)
+    got, info = _streamed(layout, lays, cfg, ids, shards)
+    assert info["actors"] == 2 and len(info["stage_s"]) == cfg["num_hidden_layers"] + 1
+    loaded = [load_tensors(lay.location, lay.tensors) for lay in lays]
+    names = [s.name for s in layout.spaces]
+    per_shard = [shard_stats("llama", loaded, cfg, ids, b, names) for b in shards]
+    assert sorted(got) == sorted(names)
+    for s in names:
+        ref = tree_reduce([p[s] for p in per_shard])
+        assert ref.count == got[s].count
+        assert torch.equal(ref.outer, got[s].outer) and torch.equal(ref.sum, got[s].sum), s
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +329,134 @@ def test_zipit_from_s3_is_bit_identical_to_local_and_deterministic(
     run(str(remote), "s3://zip/out", capsys)
     got = fs.cat_file("zip/out/model-00001-of-00001.safetensors")
     assert got == shard_bytes(str(tmp_path / "l1"))["model-00001-of-00001.safetensors"]
+
+
+def _checkpoint(folder):
+    """A partial zip's checkpoint loaded with transformers, and what the loader reported."""
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), output_loading_info=True
+    )
+    return model, info
+
+
+def test_llama_partial_zip_gives_one_loadable_checkpoint_per_model(
+    llama_pair, tmp_path, ray_session, capsys
+):
+    cfg, a, _, pa, pb, cal, ids = llama_pair
+    zcfg = write_cfg(
+        tmp_path, [pa, pb], parameters={"stop_at": 1}, calibration={"url": cal, "batch_size": 8}
+    )
+    out = tmp_path / "out"
+    run(zcfg, out, capsys)
+    want, _ = llama_forward(a, cfg, ids)
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert marker["checkpoints"] == ["model_0", "model_1"]
+    assert marker["summary"]["zipit"]["spaces"] == 3  # res, attn.0, mlp.0: the trunk's
+    for j in (0, 1):
+        model, info = _checkpoint(out / f"model_{j}")
+        assert not info["missing_keys"] and not info["unexpected_keys"]
+        assert not any(info.values()), info
+        assert type(model).__name__ == "LlamaForCausalLM"
+        with torch.no_grad():
+            logits = model(ids).logits
+        # a permuted copy's residual matching is a permutation: each checkpoint is model a
+        assert (logits - want).abs().max() < 1e-4
+        assert (out / f"model_{j}" / "_SUCCESS").exists()
+        assert main(["verify", str(out / f"model_{j}")]) == 0
+    assert main(["verify", str(out)]) == 0
+    assert "2 shards" in capsys.readouterr().out
+
+
+def test_llama_partial_zip_at_full_depth_equals_full_zip(llama_pair, tmp_path, ray_session, capsys):
+    cfg, _, _, pa, pb, cal, _ = llama_pair
+    calib = {"url": cal, "batch_size": 8}
+    depth = cfg["num_hidden_layers"]
+    run(write_cfg(tmp_path, [pa, pb], calibration=calib), tmp_path / "full", capsys)
+    part = write_cfg(tmp_path, [pa, pb], parameters={"stop_at": depth}, calibration=calib)
+    run(part, tmp_path / "part", capsys)
+    full = load_model(str(tmp_path / "full"))
+    for j in (0, 1):
+        got = load_model(str(tmp_path / "part" / f"model_{j}"))
+        assert sorted(got) == sorted(full)
+        for name in full:
+            assert torch.equal(got[name], full[name]), (j, name)
+
+
+def test_llama_partial_output_never_looks_complete(llama_pair, tmp_path, ray_session, capsys):
+    from raymerge.config import load_config
+    from raymerge.options import RunOptions
+    from raymerge.pipeline import RunHooks, run_merge
+
+    _, _, _, pa, pb, cal, _ = llama_pair
+    zcfg = write_cfg(
+        tmp_path, [pa, pb], parameters={"stop_at": 1}, calibration={"url": cal, "batch_size": 8}
+    )
+    out = tmp_path / "out"
+    run(zcfg, out, capsys)
+    markers = [out / "_SUCCESS", out / "model_0" / "_SUCCESS", out / "model_1" / "_SUCCESS"]
+    assert all(m.exists() for m in markers)
+
+    def boom(job, n):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        opts = RunOptions(overwrite=True)
+        opts.execution.progress = False
+        run_merge(load_config(zcfg), str(out), opts, RunHooks(after_job=boom))
+    assert not any(m.exists() for m in markers)  # the earlier run's markers are gone too
+    assert main(["verify", str(out / "model_0")]) == 2
+    run(zcfg, out, capsys)  # the rerun resumes and completes it
+    assert all(m.exists() for m in markers) and main(["verify", str(out)]) == 0
+
+
+def test_zipit_memory_is_stated_and_checked_before_any_data(llama_pair, tmp_path, capsys):
+    cfg, _, _, pa, pb, cal, _ = llama_pair
+    zcfg = write_cfg(tmp_path, [pa, pb], calibration={"url": cal, "batch_size": 8})
+    assert main(["plan", zcfg, "--node-memory", "64GB"]) == 0
+    text = capsys.readouterr().out
+    assert "zipit statistics: peak per actor" in text and "checked against 64.0 GB" in text
+    assert main(["plan", zcfg, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["zipit"]["node_memory"]["source"].startswith("this machine's memory")
+    assert set(s["zipit"]["spaces"]) == {"res", "attn.0", "mlp.0", "attn.1", "mlp.1"}
+    actor = s["zipit"]["actor_bytes"]
+    assert main(["plan", zcfg, "--node-memory", str(actor - 1)]) == 2
+    assert "a statistics actor needs" in capsys.readouterr().err
+    mlp = s["zipit"]["spaces"]["mlp.1"]["bytes"]
+    small = write_cfg(tmp_path, [pa, pb], calibration={"url": cal, "batch_size": 1, "shards": 24})
+    assert main(["run", small, str(tmp_path / "o"), "--node-memory", str(mlp - 1)]) == 2
+    err = capsys.readouterr().err
+    assert "space 'mlp.0'" in err and "space 'mlp.1'" in err and "--node-memory" in err
+    assert not (tmp_path / "o").exists()  # refused before the output was claimed
+
+
+def test_llama_partial_zip_to_s3(llama_pair, tmp_path, ray_session, s3, capsys):
+    from raymerge.storage import resolve
+    from raymerge.verify import verify_output
+
+    cfg, a, _, pa, pb, cal, ids = llama_pair
+    fs = resolve("s3://part", {"s3://": s3}).fs
+    fs.mkdir("part")
+    zcfg = tmp_path / "s3.json"
+    zcfg.write_text(
+        json.dumps(
+            {
+                "merge_method": "zipit",
+                "models": [{"model": pa}, {"model": pb}],
+                "parameters": {"stop_at": 1},
+                "calibration": {"url": cal, "batch_size": 8},
+                "storage_options": {"s3://": s3},
+            }
+        )
+    )
+    run(str(zcfg), "s3://part/out", capsys)
+    got = verify_output(resolve("s3://part/out", {"s3://": s3}))
+    assert sorted(got["checkpoints"]) == ["model_0", "model_1"]
+    local = tmp_path / "m1"
+    fs.get("part/out/model_1", str(local), recursive=True)
+    model, info = _checkpoint(local)
+    assert not any(info.values())
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert (logits - llama_forward(a, cfg, ids)[0]).abs().max() < 1e-4

@@ -49,6 +49,7 @@ class LocalSink:
         fresh = []
         for i, (_, size) in enumerate(self.shards):
             path = self.staging_path(i)
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # shards in sub-folders
             if resume and os.path.exists(path) and os.path.getsize(path) == size:
                 continue
             fresh.append((path, size))
@@ -105,6 +106,7 @@ class LocalSink:
         return None
 
     def commit(self, ranges: Sequence[ByteRange], receipts: Mapping[int, Receipt]) -> None:
+        folders = {self.root}
         for i, (name, _) in enumerate(self.shards):
             path = self.staging_path(i)
             fd = os.open(path, os.O_RDONLY)
@@ -112,9 +114,14 @@ class LocalSink:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(path, os.path.join(self.root, name))
-        fsync_dir(self.root)
-        try:
-            os.rmdir(os.path.join(self.root, STAGING_DIR))
-        except OSError:
-            pass  # not empty: leave it
+            final = os.path.join(self.root, name)
+            os.makedirs(os.path.dirname(final), exist_ok=True)  # shards in sub-folders
+            os.replace(path, final)
+            folders.add(os.path.dirname(final))
+        for folder in sorted(folders):
+            fsync_dir(folder)
+        for sub in sorted({os.path.dirname(n) for n, _ in self.shards}, reverse=True):
+            try:
+                os.rmdir(os.path.join(self.root, STAGING_DIR, sub))
+            except OSError:
+                pass  # not empty: leave it

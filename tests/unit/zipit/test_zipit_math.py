@@ -61,6 +61,24 @@ def test_tree_reduce_random_splits_equal_single_pass():
     assert tree_reduce(parts[:1]).outer is not parts[0].outer
 
 
+def test_statistics_pickle_as_buffers_and_stay_usable():
+    """FeatureStats pickle their tensors as numpy buffers (zero-copy through Ray's object
+    store); what comes back, possibly read-only, adds and correlates as the original."""
+    import pickle
+
+    g = torch.Generator().manual_seed(9)
+    s = _stats(torch.randn(40, 5, generator=g, dtype=torch.float64), (2, 3))
+    buffers = []
+    blob = pickle.dumps(s, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2 and len(blob) < 1000  # the data is out of band
+    ro = [memoryview(bytes(b.raw())) for b in buffers]  # read-only, as the object store's
+    back = pickle.loads(blob, buffers=ro)
+    assert back.count == 40 and back.sizes == (2, 3)
+    assert torch.equal(back.outer, s.outer) and torch.equal(back.sum, s.sum)
+    assert torch.equal((back + s).outer, 2 * s.outer)
+    assert torch.equal(back.correlation(), s.correlation())
+
+
 def test_add_checks_sizes():
     with pytest.raises(ValueError, match="sizes"):
         FeatureStats.empty((2, 2)) + FeatureStats.empty((1, 3))
