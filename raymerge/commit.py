@@ -10,7 +10,6 @@ card ``README.md``,
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,14 +21,13 @@ from raymerge.io.reader import INDEX_FILE, ModelLayout
 from raymerge.io.sinks.base import checksum
 from raymerge.manifest import MANIFEST, build_table, write_manifest
 from raymerge.model_config import rewrite
-from raymerge.output import SUCCESS, is_output_file
+from raymerge.output import SUCCESS, TMP_FILE, is_checkpoint_folder, is_output_file
 from raymerge.plan import Plan, ShardPlan
 from raymerge.results import JobResult
 from raymerge.storage import Location
 from raymerge.tokenizer import SideFiles
 
 MAX_SIDE_FILE_BYTES = 200_000_000  # a tokenizer.json of a 256k vocabulary is ~20 MB
-_TMP = re.compile(r"^.+\.tmp-\d+$")
 
 
 def index_json(shards: Sequence[ShardPlan]) -> dict[str, Any]:
@@ -87,7 +85,7 @@ def remove_stale(out: Location, written: set[str]) -> list[str]:
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         if name in written or name == ".raymerge":
             continue
-        if is_output_file(name) or _TMP.match(name):
+        if is_output_file(name) or TMP_FILE.match(name) or is_checkpoint_folder(out, name):
             out.fs.rm(out.child(name).path, recursive=True)
             gone.append(name)
     return gone

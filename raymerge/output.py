@@ -45,6 +45,20 @@ def is_output_file(name: str) -> bool:
     return name in _OUTPUT_NAMES or bool(_OUTPUT_PATTERN.match(name))
 
 
+_CHECKPOINT = re.compile(r"model_\d+")  # a decoder partial zip's per-model folder
+TMP_FILE = re.compile(r"^.+\.tmp-\d+$")  # a crashed small-file write's temp file
+
+
+def is_checkpoint_folder(out: Location, name: str) -> bool:
+    """Is ``OUT/name`` a partial zip's checkpoint folder: named ``model_N``, holding nothing but
+    model-output files (what --overwrite may replace, like a model output's files)?"""
+    sub = out.child(name)
+    if not _CHECKPOINT.fullmatch(name) or not out.fs.isdir(sub.path):
+        return False
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in out.fs.ls(sub.path, detail=False)]
+    return all(is_output_file(n) or TMP_FILE.match(n) for n in names)
+
+
 @dataclass
 class Claim:
     run_id: str
@@ -125,7 +139,7 @@ def _refuse_foreign(out: Location, entries: list[str], prev: dict | None, overwr
             f"{out.url}: is not empty and holds no raymerge run; choose an empty folder or "
             "pass --overwrite"
         )
-    foreign = sorted(n for n in names if not is_output_file(n))
+    foreign = sorted(n for n in names if not is_output_file(n) and not is_checkpoint_folder(out, n))
     if overwrite and foreign:
         raise OutputError(
             f"{out.url}: holds files that are not part of a model output ({foreign[:5]}); "

@@ -408,6 +408,20 @@ def test_llama_partial_output_never_looks_complete(llama_pair, tmp_path, ray_ses
     assert main(["verify", str(out / "model_0")]) == 2
     run(zcfg, out, capsys)  # the rerun resumes and completes it
     assert all(m.exists() for m in markers) and main(["verify", str(out)]) == 0
+    # a checkpoint of another run, a marker naming a path, a stray file: verify fails
+    ck, root = out / "model_1" / "_SUCCESS", out / "_SUCCESS"
+    good_ck, good_root = ck.read_text(), root.read_text()
+    ck.write_text(json.dumps({**json.loads(good_ck), "run_id": "another"}))
+    assert main(["verify", str(out)]) == 2
+    assert "written by another run" in capsys.readouterr().err
+    ck.write_text(good_ck)
+    root.write_text(json.dumps({**json.loads(good_root), "checkpoints": ["model_0", "../x"]}))
+    assert main(["verify", str(out)]) == 2
+    root.write_text(good_root)
+    (out / "model-00001-of-00001.safetensors").write_bytes(b"stray")
+    assert main(["verify", str(out)]) == 2
+    (out / "model-00001-of-00001.safetensors").unlink()
+    assert main(["verify", str(out)]) == 0
 
 
 def test_zipit_memory_is_stated_and_checked_before_any_data(llama_pair, tmp_path, capsys):

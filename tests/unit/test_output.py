@@ -40,6 +40,24 @@ def test_overwrite_replaces_only_a_model_output(tmp_path):
     inspect_output(out_at(tmp_path), overwrite=True)  # a mergekit-style output: replaceable
 
 
+def test_overwrite_replaces_partial_zip_checkpoint_folders_but_no_other_folder(tmp_path):
+    from raymerge.commit import remove_stale
+
+    for j in (0, 1):
+        (tmp_path / f"model_{j}").mkdir()
+        (tmp_path / f"model_{j}" / "model.safetensors").write_bytes(b"old")
+        (tmp_path / f"model_{j}" / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    inspect_output(out_at(tmp_path), overwrite=True)  # a partial zip's output: replaceable
+    (tmp_path / "model_1" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"not part of a model output \(\['model_1'\]\)"):
+        inspect_output(out_at(tmp_path), overwrite=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "model.safetensors").write_bytes(b"x")
+    assert remove_stale(out_at(tmp_path), {"config.json"}) == ["model_0"]  # mine: kept
+    assert (tmp_path / "model_1" / "notes.txt").exists() and (tmp_path / "data").exists()
+
+
 def test_resume_and_complete_only_from_the_same_inputs(tmp_path):
     out = out_at(tmp_path)
     first = claim_output(out, "cfg1", "lay1", False, INPUTS, "d1")
