@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,24 @@ def _bounded(fn: Callable[[], Any], timeout_s: float, what: str, on_timeout: Cal
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def bounded_get(refs: list[Any], timeout: float, what: str) -> list[Any]:
+    """``ray.get(refs)``, but a :class:`ClusterError` when none of them finishes for ``timeout``
+    seconds (0: wait for ever): a stalled node or a task no node has the resources for."""
+    left, last = list(refs), time.monotonic()
+    while left:
+        done, left = ray.wait(left, num_returns=len(left), timeout=5.0, fetch_local=False)
+        if done:
+            last = time.monotonic()
+        elif timeout and time.monotonic() - last > timeout:
+            raise ClusterError(
+                f"no {what} finished for {timeout:.0f} s ({len(left)} waiting); nothing "
+                "was committed. Tasks that never start usually ask for memory or GPUs no node "
+                "has (`ray status` shows them pending); raise --stall-timeout for very slow "
+                "storage or matching"
+            )
+    return ray.get(list(refs))
 
 
 def _check_auth(address: str) -> None:

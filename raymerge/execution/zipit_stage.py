@@ -11,7 +11,8 @@
    GPU when the cluster has one (and the space's working set fits it), else on a CPU, float32.
    The stage keeps at most ``lookahead`` stages of statistics waiting for their matchers.
 4. The matchings (space name -> :class:`raymerge.zipit.matching.Matching`) go to the apply jobs
-   through the object store.
+   through the object store. Every wait is bounded (``--stall-timeout``; matching: at least
+   twice the slowest space's estimate).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from raymerge.config import MergeConfig
+from raymerge.execution.cluster import bounded_get
 from raymerge.execution.pool import Pool
 from raymerge.io.header import TensorSource
 from raymerge.io.reader import ModelLayout
@@ -33,7 +35,7 @@ from raymerge.params import resolve_parameters
 from raymerge.plan import Plan
 from raymerge.redaction import redact
 from raymerge.storage import Location, resolve
-from raymerge.zipit.budget import ZipBudget, check_budget, node_memory_for
+from raymerge.zipit.budget import ZipBudget, check_budget, matching_timeout, node_memory_for
 from raymerge.zipit.spaces import Space, ZipLayout
 from raymerge.zipit.stages import finished_at, n_stages
 
@@ -191,7 +193,9 @@ def stream_stats(
         by_stage: list[list[Any]] = []
         for t in range(n_stages(arch, depth)):
             if t >= slots.lookahead and (waiting := by_stage[t - slots.lookahead]):
-                ray.wait(waiting, num_returns=len(waiting), fetch_local=False)
+                bounded_get(
+                    waiting, matching_timeout(opts.stall_timeout, budget), "zipit matching task"
+                )
             done = finished_at(arch, t, depth, names)
             parts: dict[str, list[Any]] = {s: [None] * len(shards) for s in done}
             infos.append([])
@@ -208,9 +212,11 @@ def stream_stats(
                 waited = on_space(space, _tree(parts[space], slots.reduce_opts), slots)
                 if waited is not None:
                     by_stage[-1].append(waited)
-        stage_infos = [ray.get(refs) for refs in infos]
+        wait = opts.stall_timeout
+        flat = bounded_get([r for refs in infos for r in refs], wait, "zipit statistics step")
+        stage_infos = [flat[i : i + len(actors)] for i in range(0, len(flat), len(actors))]
         stats_s = time.perf_counter() - t0
-        peaks = ray.get([a.peak_rss.remote() for a in actors])
+        peaks = bounded_get([a.peak_rss.remote() for a in actors], wait, "zipit actor")
     finally:
         for a in actors:
             ray.kill(a)
@@ -255,7 +261,10 @@ def stream_and_match(
         return matched[name]
 
     info = stream_stats(layout, models, config, x, shards, opts, match, budget=budget)
-    results = dict(zip(matched, ray.get(list(matched.values()))))
+    got = bounded_get(
+        list(matched.values()), matching_timeout(opts.stall_timeout, budget), "zipit matching task"
+    )
+    results = dict(zip(matched, got))
     info["match_devices"] = sorted({r[1]["device"] for r in results.values()})
     info["match_s_by_space"] = {k: round(r[1]["seconds"], 4) for k, r in results.items()}
     return {k: r[0] for k, r in results.items()}, info
@@ -362,7 +371,8 @@ class ZipStage:
                 )
                 for s in self.layout.spaces
             }
-            matchings = {k: r[0] for k, r in zip(refs, ray.get(list(refs.values())))}
+            got = bounded_get(list(refs.values()), opts.stall_timeout, "zipit matching task")
+            matchings = {k: r[0] for k, r in zip(refs, got)}
             cost = {"actors": 0, "stats_s": 0.0}
         # features merged into a cluster that already holds one of the same model
         within = sum(

@@ -267,7 +267,17 @@ def calibration_of(
     return CalibrationShape(samples, tokens, most, min(batch, max(samples, 1)))
 
 
+def matching_timeout(stall_timeout: float, budget: ZipBudget | None) -> float:
+    """How long a wait on matching tasks may see none finish: the stall timeout, but never
+    below twice the slowest space's estimated matching time (0: for ever)."""
+    if not stall_timeout:
+        return 0.0
+    slowest = max((c.seconds for c in budget.spaces), default=0.0) if budget else 0.0
+    return max(stall_timeout, 2 * slowest)
+
+
 __all__ = [
+    "matching_timeout",
     "CalibrationShape",
     "SpaceCost",
     "ZipBudget",

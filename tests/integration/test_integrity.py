@@ -153,6 +153,33 @@ def test_a_job_that_makes_no_progress_stops_the_run(tmp_path, family, ray_sessio
     nothing_committed(tmp_path / "out")
 
 
+def test_zipit_waits_are_bounded(ray_session):
+    """The ZipIt stage's waits (statistics steps, reduces, matchers) stop with one clear error
+    when nothing finishes for the stall timeout; matching waits at least twice the slowest
+    space's estimate."""
+    from raymerge.execution.cluster import bounded_get
+    from raymerge.zipit.budget import SpaceCost, ZipBudget, matching_timeout
+
+    @ray.remote
+    def hang():
+        time.sleep(600)
+
+    @ray.remote
+    def quick(x):
+        return x
+
+    assert bounded_get([quick.remote(1), quick.remote(2)], 3, "quick") == [1, 2]
+    t0 = time.monotonic()
+    with pytest.raises(
+        ClusterError, match=r"no zipit matching task finished for 2 s \(1 waiting\)"
+    ):
+        bounded_get([quick.remote(1), hang.remote()], 2, "zipit matching task")
+    assert time.monotonic() - t0 < 30
+    budget = ZipBudget(1, {}, (SpaceCost("mlp.0", 8, 8, 1, 1000.0),), 1)
+    assert matching_timeout(1800, budget) == 2000.0
+    assert matching_timeout(1800, None) == 1800 and matching_timeout(0, budget) == 0.0
+
+
 def test_connecting_to_a_silent_cluster_times_out_with_exit_1(tmp_path, family):
     """A GCS address that accepts connections and never answers: exit 1 within the timeout,
     saying what was waited for."""
