@@ -50,13 +50,28 @@ TMP_FILE = re.compile(r"^.+\.tmp-\d+$")  # a crashed small-file write's temp fil
 
 
 def is_checkpoint_folder(out: Location, name: str) -> bool:
-    """Is ``OUT/name`` a partial zip's checkpoint folder: named ``model_N``, holding nothing but
-    model-output files (what --overwrite may replace, like a model output's files)?"""
+    """Is ``OUT/name`` a raymerge partial zip's checkpoint folder (what --overwrite may replace,
+    like a model output's files): named ``model_N``, holding raymerge's manifest and nothing but
+    model-output files? A downloaded model in a ``model_0`` folder has no manifest: not ours."""
     sub = out.child(name)
     if not _CHECKPOINT.fullmatch(name) or not out.fs.isdir(sub.path):
         return False
     names = [e.rstrip("/").rsplit("/", 1)[-1] for e in out.fs.ls(sub.path, detail=False)]
-    return all(is_output_file(n) or TMP_FILE.match(n) for n in names)
+    ours = "manifest.parquet" in names
+    return ours and all(is_output_file(n) or TMP_FILE.match(n) for n in names)
+
+
+def unmark_checkpoints(out: Location) -> None:
+    """Remove the ``_SUCCESS`` of every checkpoint folder in OUT (a claim that is not already
+    complete: no checkpoint of an earlier run may look complete while this one runs)."""
+    fs = out.fs
+    if not fs.exists(out.path):
+        return
+    for entry in fs.ls(out.path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        marker = out.child(name).child(SUCCESS).path
+        if is_checkpoint_folder(out, name) and fs.exists(marker):
+            fs.rm(marker)
 
 
 @dataclass

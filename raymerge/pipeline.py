@@ -19,17 +19,24 @@ from raymerge.config.tokenizer import split_lora
 from raymerge.errors import InputError
 from raymerge.execution.local import execute_local, use_local
 from raymerge.io.files import DiskFullError
-from raymerge.io.fingerprint import digest
+from raymerge.io.fingerprint import digest, from_listing
 from raymerge.io.lease import Lease
 from raymerge.io.ranges import fetch
 from raymerge.io.reader import ModelLayout, read_adapter, read_model
 from raymerge.io.sinks import Sink, make_sink
 from raymerge.ledger import Ledger, kept_jobs, plan_hash
 from raymerge.options import MIN_PART_BYTES, RunOptions
-from raymerge.output import Claim, check_not_an_input, claim_output, inspect_output
+from raymerge.output import (
+    Claim,
+    check_not_an_input,
+    claim_output,
+    inspect_output,
+    unmark_checkpoints,
+)
 from raymerge.plan import Job, Plan, make_plan
 from raymerge.plan.lora import AdapterFiles
 from raymerge.progress import Progress
+from raymerge.redaction import redact
 from raymerge.results import ExecResult, JobResult
 from raymerge.storage import Location, resolve, storage_retries
 from raymerge.summary import peak_rss, run_summary
@@ -153,6 +160,17 @@ def check_copied_tensors(cfg: MergeConfig, plan: Plan, layouts: list[ModelLayout
         )
 
 
+def _calibration_input(cfg: MergeConfig, plan: Plan) -> list[dict[str, Any]]:
+    """A zip's calibration file as one more input of the run record (taken before it is read),
+    so a changed calibration is never resumed or found "already complete"."""
+    if plan.zip_layout is None or cfg.calibration is None:
+        return []
+    loc = resolve(cfg.calibration.url, cfg.storage_options)
+    fp = from_listing(loc.fs.info(loc.path), loc.path if loc.is_local else None)
+    name = loc.path.rstrip("/").rsplit("/", 1)[-1]
+    return [{"model": redact(loc.url), "kind": "calibration", "files": {name: fp.as_record()}}]
+
+
 def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lease) -> _Run:
     out = lease.out
     # all input validation happens here, before any tensor data is read
@@ -160,17 +178,19 @@ def _plan_and_claim(cfg: MergeConfig, out_url: str, opts: RunOptions, lease: Lea
     check_not_an_input(out, [lay.location for lay in layouts])
     inspect_output(out, opts.overwrite)
     zipit = None
+    inputs = [lay.fingerprint() for lay in layouts] + _calibration_input(cfg, plan)
     if plan.zip_layout is not None:  # reads and checks the calibration file, checks memory
         from raymerge.execution.zipit_stage import ZipStage
 
         zipit = ZipStage.prepare(cfg, plan, layouts, opts)
     sink = make_sink(out, plan.shard_specs())
     layout = plan_hash(plan)
-    inputs = [lay.fingerprint() for lay in layouts]
     lease.acquire()
     claim = claim_output(out, plan.config_hash, layout, opts.overwrite, inputs, digest(inputs))
-    if zipit is not None and claim.complete is None:
-        zipit.unmark(out)  # a partial zip's checkpoint markers of an earlier run
+    if claim.complete is None:  # no checkpoint of an earlier run may look complete meanwhile
+        unmark_checkpoints(out)
+        if zipit is not None:
+            zipit.unmark(out)
     ledger = Ledger(out, layout, interval=opts.ledger_interval)
     return _Run(cfg, out, plan, layouts, zipit, sink, claim, ledger)
 
@@ -179,7 +199,9 @@ def _execute(
     run: _Run, opts: RunOptions, hooks: RunHooks, local: bool
 ) -> tuple[ExecResult, dict[int, JobResult]]:
     """Prepare the sink, keep what an interrupted run left, run the rest; every job's result."""
-    records = run.ledger.load() if run.claim.resume else {}
+    # a zip's matchings are recomputed on every run (device and float32 rounding may differ),
+    # so its jobs are never kept: kept ones could follow another matching than the new ones
+    records = run.ledger.load() if run.claim.resume and run.zipit is None else {}
     if not run.claim.resume:
         run.ledger.clear()
         run.sink.discard()

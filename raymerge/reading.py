@@ -140,6 +140,13 @@ def _decode(
         raise nonfinite_input(s, ctx)
     if s.lora is not None:
         t = apply_lora(t, s.lora, lbufs or [])
+        if check and not ctx.allow_nonfinite and not finite(t):  # the adapter's A/B, or overflow
+            lora = s.lora.target
+            raise InputError(
+                f"{ctx.inputs[lora.input].url}: the LoRA update of tensor {s.tensor!r} (from "
+                f"{lora.a.name!r}, {lora.b.name!r}) holds NaN or Inf values; pass "
+                "--allow-nonfinite to merge anyway"
+            )
     return t
 
 

@@ -356,7 +356,7 @@ class ZipStage:
         if self.calibration is not None and self.shards:
             matchings, cost = stream_and_match(
                 self.layout,
-                [(m.location, m.tensors) for m in self.models],
+                [(m.location, m.tensors, m.files) for m in self.models],
                 self.models[0].config,
                 self.calibration,
                 self.shards,

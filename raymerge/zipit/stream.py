@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from raymerge.io.fingerprint import FileFingerprint
 from raymerge.io.header import TensorSource
-from raymerge.io.ranges import decode, fetch
+from raymerge.io.ranges import decode, fetch, recheck_local
 from raymerge.storage import Location
 from raymerge.zipit.forward import LlamaShape, llama_block, llama_embed, mlp_layer
 from raymerge.zipit.stages import finished_at, n_stages, stage_tensors
@@ -35,16 +36,25 @@ from raymerge.zipit.stats import FeatureStats, features_of_models
 
 
 def load_stage(
-    loc: Location, sources: Mapping[str, TensorSource], names: Sequence[str], device: str = "cpu"
+    loc: Location,
+    sources: Mapping[str, TensorSource],
+    names: Sequence[str],
+    device: str = "cpu",
+    expect: Mapping[str, FileFingerprint] | None = None,
 ):
     """Tensors ``names`` of one model (float32 copies on ``device``), read in one batch of
-    ranges; also the bytes read."""
+    ranges from the planned file versions ``expect`` (as every job reads); also the bytes read.
+
+    Raises:
+        InputChangedError: a file is no longer the version planned."""
     items = [sources[n] for n in names]
-    bufs = fetch(loc, [(s.file, s.start, s.end) for s in items])
+    bufs = fetch(loc, [(s.file, s.start, s.end) for s in items], expect)
     out = {
         s.name: decode(b, s.dtype, s.shape).to(device=device, dtype=torch.float32, copy=True)
         for s, b in zip(items, bufs)
     }
+    if loc.is_local and expect:  # the mapped pages were read by the copies above
+        recheck_local(loc, {s.file for s in items}, expect)
     return out, sum(s.end - s.start for s in items)
 
 
@@ -81,7 +91,8 @@ class Streamer:
 
     Args:
         arch: "mlp" or "llama".
-        models: per model, its location and tensors (headers only).
+        models: per model, its location and tensors (headers only), and optionally its files'
+            planned fingerprints (reads are then pinned to those versions).
         config: the decoders' config.json.
         spaces: the spaces to accumulate.
         depth: the layers the statistics need (:attr:`raymerge.zipit.spaces.ZipLayout.depth`).
@@ -129,7 +140,7 @@ class Streamer:
             raise ValueError(f"stages run in order: expected {self.next}, got {stage}")
         t0 = time.perf_counter()
         names = stage_tensors(self.arch, self.names, stage)
-        loaded = [load_stage(loc, src, names, self.device) for loc, src in self.models]
+        loaded = [load_stage(*m[:2], names, self.device, *m[2:]) for m in self.models]
         self.weights = [w for w, _ in loaded]
         held = sum(t.numel() * 4 for w in self.weights for t in w.values())
         done = finished_at(self.arch, stage, self.depth, self.spaces)

@@ -291,3 +291,38 @@ def test_an_adapter_rewritten_mid_run_fails_before_commit(fx, tmp_path, ray_sess
         run_merge(cfg, str(out), opts, RunHooks(job_fault=hook))
     assert "adapter_model.safetensors" in str(ei.value)
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_non_finite_lora_update_is_refused(fx, tmp_path, ray_session):
+    """NaN in an adapter's B matrix: the updated weight is checked, not only the base weight
+    (TIES masks by magnitude, so a NaN could otherwise vanish into a finite wrong model)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from raymerge.config import load_config
+    from raymerge.errors import InputError
+    from raymerge.options import ExecOptions, RunOptions
+    from raymerge.pipeline import run_merge
+
+    lora = tmp_path / "lora"
+    shutil.copytree(fx["LORA"], lora)
+    weights = lora / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(n for n in tensors if "lora_B" in n)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, weights)
+    cfg = load_config(
+        {
+            "merge_method": "ties",
+            "base_model": fx["BASE"],
+            "models": [
+                {"model": f"{fx['BASE']}+{lora}", "parameters": {"weight": 1, "density": 0.5}}
+            ],
+        }
+    )
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"the LoRA update of tensor .* holds NaN or Inf"):
+        run_merge(cfg, str(out), RunOptions(execution=ExecOptions(progress=False)))
+    assert not (out / "_SUCCESS").exists()

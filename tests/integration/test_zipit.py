@@ -5,6 +5,7 @@ statistics over several actors, the baselines, and config/input errors."""
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -297,6 +298,30 @@ def test_input_errors_before_any_data(mlp_pair, tmp_path, capsys):
     assert "stop_at must be in [1, 2]" in capsys.readouterr().err
 
 
+def test_a_changed_calibration_is_never_complete_or_resumed(
+    mlp_pair, tmp_path, ray_session, capsys
+):
+    """The calibration file is an input of the run record: after it changes, a rerun of the
+    finished output is refused (not "already complete" with the old matchings)."""
+    import shutil
+
+    _, pa, pb, cal, _ = mlp_pair
+    mine = tmp_path / "cal.safetensors"
+    shutil.copy(cal, mine)
+    cfg = write_cfg(tmp_path, [pa, pb], calibration={"url": str(mine), "shards": 2})
+    out = tmp_path / "out"
+    run(cfg, out, capsys)
+    run(cfg, out, capsys)  # unchanged: already complete
+    assert "already complete" in capsys.readouterr().out
+    data = bytearray(mine.read_bytes())
+    data[-1] ^= 0xFF
+    time.sleep(0.01)
+    mine.write_bytes(bytes(data))
+    assert main(["run", cfg, str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "made from other" in err and "cal.safetensors" in err
+
+
 def test_zipit_from_s3_is_bit_identical_to_local_and_deterministic(
     mlp_pair, tmp_path, ray_session, s3, capsys
 ):
@@ -406,7 +431,9 @@ def test_llama_partial_output_never_looks_complete(llama_pair, tmp_path, ray_ses
         run_merge(load_config(zcfg), str(out), opts, RunHooks(after_job=boom))
     assert not any(m.exists() for m in markers)  # the earlier run's markers are gone too
     assert main(["verify", str(out / "model_0")]) == 2
-    run(zcfg, out, capsys)  # the rerun resumes and completes it
+    capsys.readouterr()
+    run(zcfg, out, capsys, "--json")  # the rerun completes it, every job recomputed: kept jobs
+    assert json.loads(capsys.readouterr().out)["reused_jobs"] == 0  # could follow old matchings
     assert all(m.exists() for m in markers) and main(["verify", str(out)]) == 0
     # a checkpoint of another run, a marker naming a path, a stray file: verify fails
     ck, root = out / "model_1" / "_SUCCESS", out / "_SUCCESS"

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from raymerge.errors import OutputError
-from raymerge.output import SUCCESS, check_not_an_input, claim_output, inspect_output
+from raymerge.output import (
+    SUCCESS,
+    check_not_an_input,
+    claim_output,
+    inspect_output,
+    unmark_checkpoints,
+)
 from raymerge.storage import resolve
 
 INPUTS = [{"model": "/m/a", "files": {"model.safetensors": {"size": 10, "header_xxh": "aa"}}}]
@@ -43,12 +50,22 @@ def test_overwrite_replaces_only_a_model_output(tmp_path):
 def test_overwrite_replaces_partial_zip_checkpoint_folders_but_no_other_folder(tmp_path):
     from raymerge.commit import remove_stale
 
-    for j in (0, 1):
+    for j in (0, 1, 2):
         (tmp_path / f"model_{j}").mkdir()
         (tmp_path / f"model_{j}" / "model.safetensors").write_bytes(b"old")
         (tmp_path / f"model_{j}" / "config.json").write_text("{}")
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(
+        OutputError, match=r"not part of a model output \(\['model_0', 'model_1', 'model_2'\]\)"
+    ):
+        inspect_output(out_at(tmp_path), overwrite=True)  # downloaded models: not ours
+    for j in (0, 1):
+        (tmp_path / f"model_{j}" / "manifest.parquet").write_bytes(b"m")
+        (tmp_path / f"model_{j}" / SUCCESS).write_text("{}")
+    shutil.rmtree(tmp_path / "model_2")
     inspect_output(out_at(tmp_path), overwrite=True)  # a partial zip's output: replaceable
+    unmark_checkpoints(out_at(tmp_path))
+    assert not any((tmp_path / f"model_{j}" / SUCCESS).exists() for j in (0, 1))
     (tmp_path / "model_1" / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match=r"not part of a model output \(\['model_1'\]\)"):
         inspect_output(out_at(tmp_path), overwrite=True)

@@ -106,9 +106,9 @@ def test_an_actor_holds_one_layer_per_model(llama, monkeypatch):
     reads: list[int] = []
     real = stream.fetch
 
-    def counting(loc, ranges):
+    def counting(loc, ranges, expect=None):
         reads.append(sum(e - s for _, s, e in ranges))
-        return real(loc, ranges)
+        return real(loc, ranges, expect)
 
     monkeypatch.setattr(stream, "fetch", counting)
     srcs = models[0][1]
@@ -132,3 +132,29 @@ def test_an_actor_holds_one_layer_per_model(llama, monkeypatch):
     assert sum(reads) - before == 2 * nbytes("model.layers.1.")
     total = sum(t.end - t.start for t in srcs.values())
     assert sum(reads) < 2 * total  # layer 2, the final norm and lm_head not read yet
+
+
+def test_a_model_rewritten_during_the_statistics_fails_naming_it(tmp_path):
+    """The statistics read the planned file versions, as every job does: a shard rewritten
+    after planning (same size) fails before its layer is used."""
+    import os
+    import time
+
+    from raymerge.io.fingerprint import InputChangedError
+
+    cfg = llama_config(hidden=32, intermediate=48, layers=2, vocab=64, heads=4, kv_heads=2)
+    paths = [save_checkpoint(str(tmp_path / f"m{k}"), random_weights(cfg, k), cfg) for k in (1, 2)]
+    lays = [read_model(p, resolve(p)) for p in paths]
+    models = [(lay.location, lay.tensors, lay.files) for lay in lays]
+    s = Streamer("llama", models, cfg, ["res", "attn.0", "mlp.0", "attn.1", "mlp.1"], 2)
+    s.begin(torch.randint(0, 64, (4, 5)), [(0, [(0, 4)])])
+    s.step(0)
+    shard = next(f for f in os.listdir(paths[1]) if f.endswith(".safetensors"))
+    data = bytearray(open(os.path.join(paths[1], shard), "rb").read())
+    data[-1] ^= 0xFF
+    time.sleep(0.01)
+    with open(os.path.join(paths[1], shard), "r+b") as f:
+        f.write(data)
+    with pytest.raises(InputChangedError, match="changed since planning") as ei:
+        s.step(1)
+    assert shard in str(ei.value)
