@@ -32,14 +32,9 @@ from raymerge.storage import Location, not_found
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Small side files copied from the base model into the output.
-# Small files HF tooling reads next to the weights, copied from the reference model (the base
-# model, else the first): config, generation config, tokenizers of every kind, chat templates in
-# both layouts, processor / preprocessor configs of multimodal models. Never weights, the input's
-# index, pickles or the model card (the output gets its own).
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
+# The files of a tokenizer (every kind, chat templates in both layouts): copied with the other
+# side files, and replaced as a whole when the output's tokenizer is another model's or new.
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -52,6 +47,15 @@ SIDE_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
+)
+# Small files HF tooling reads next to the weights, copied from the reference model (the base
+# model, else the first): config, generation config, the tokenizer, processor / preprocessor
+# configs of multimodal models. Never weights, the input's index, pickles or the model card (the
+# output gets its own).
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_FILES,
     "preprocessor_config.json",
     "processor_config.json",
     "video_preprocessor_config.json",
@@ -334,6 +338,7 @@ def _cat_ranges(loc: Location, paths: list[str], starts: list[int], ends: list[i
 __all__ = [
     "INDEX_FILE",
     "SIDE_FILES",
+    "TOKENIZER_FILES",
     "ModelLayout",
     "TensorSource",
     "read_adapter",

@@ -31,31 +31,17 @@ from typing import Any, Literal
 from raymerge.config import MergeConfig
 from raymerge.config.tokenizer import ModelToken, ZeroToken
 from raymerge.errors import InputError
+from raymerge.io.reader import SIDE_PATTERN, TOKENIZER_FILES
 from raymerge.tokenizer.vocab import AddedToken, Vocab, add_tokens, loads, parse, strip
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-# files of a tokenizer: replaced as a whole when the output's tokenizer is another model's or new
-TOKENIZER_FILES = (
-    TOKENIZER_JSON,
-    TOKENIZER_CONFIG,
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 # files read on the driver (small): what the vocabulary and the chat template come from
 READ_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "chat_template.jinja")
 
 
 def is_tokenizer_file(name: str) -> bool:
-    return name in TOKENIZER_FILES or name.endswith(".tiktoken")
+    return name in TOKENIZER_FILES or bool(SIDE_PATTERN.match(name))
 
 
 @dataclass(frozen=True)
