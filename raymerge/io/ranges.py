@@ -13,7 +13,7 @@ import asyncio
 import mmap
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fsspec.asyn import AsyncFileSystem
@@ -113,6 +113,43 @@ def _is_s3(fs: Any) -> bool:
     return bool({"s3", "s3a"} & set(protocol)) and hasattr(fs, "_call_s3")
 
 
+# (bucket, key, start, end, planned version) -> the bytes; raises _Replaced on a 412
+Get = Callable[[str, str, int, int, FileFingerprint | None], Awaitable[bytes]]
+
+
+async def _conditional_reads(
+    loc: Location, files: list[str], paths: list[str], starts: list[int], ends: list[int],
+    expect: Expect, get: Get,
+) -> list[bytes]:  # fmt: skip
+    """The ranges through ``get(bucket, key, start, end, planned)`` (a client's GET of the
+    planned version), ``READ_CONCURRENCY`` at a time; a replaced object (``get`` raised
+    :class:`_Replaced`) fails with :class:`InputChangedError` naming it; a short read is an
+    error."""
+    gate = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(file: str, path: str, start: int, end: int) -> bytes:
+        bucket, key, _ = loc.fs.split_path(path)
+        planned = expect.get(file)
+        async with gate:
+            try:
+                data = await get(bucket, key, start, end, planned)
+            except _Replaced:
+                what = "version" if planned and planned.version_id else "ETag"
+                was = planned.version_id or planned.etag if planned else None
+                raise InputChangedError(
+                    f"{loc.url}/{file}", f"its {what} is no longer {was}"
+                ) from None
+        if len(data) != end - start:
+            raise OSError(f"{path}: short read of range [{start}, {end}): got {len(data)} bytes")
+        return data
+
+    return list(await asyncio.gather(*map(one, files, paths, starts, ends)))
+
+
+class _Replaced(Exception):
+    """The store refused the planned version (412 Precondition Failed)."""
+
+
 def _s3_conditional(
     loc: Location, files: list[str], paths: list[str], starts: list[int], ends: list[int],
     expect: Expect,
@@ -124,9 +161,7 @@ def _s3_conditional(
 
     fs = loc.fs
 
-    async def one(file: str, path: str, start: int, end: int, gate: asyncio.Semaphore) -> bytes:
-        bucket, key, _ = fs.split_path(path)
-        planned = expect.get(file)
+    async def get(bucket: str, key: str, start: int, end: int, planned) -> bytes:
         cond: dict[str, str] = {}
         if planned is not None and planned.version_id:
             cond["VersionId"] = planned.version_id
@@ -142,26 +177,16 @@ def _s3_conditional(
             finally:
                 resp["Body"].close()
 
-        async with gate:
-            try:
-                data = await _error_wrapper(call_and_read, retries=fs.retries)
-            except OSError as exc:
-                if _precondition_failed(exc):
-                    raise InputChangedError(
-                        f"{loc.url}/{file}", f"its ETag is no longer {planned.etag}"
-                    ) from None
-                raise
-        if len(data) != end - start:
-            raise OSError(f"{path}: short read of range [{start}, {end}): got {len(data)} bytes")
-        return data
+        try:
+            return await _error_wrapper(call_and_read, retries=fs.retries)
+        except OSError as exc:
+            if _precondition_failed(exc):
+                raise _Replaced from None
+            raise
 
-    async def all_of() -> list[bytes]:
-        gate = asyncio.Semaphore(READ_CONCURRENCY)
-        return await asyncio.gather(
-            *(one(f, p, s, e, gate) for f, p, s, e in zip(files, paths, starts, ends))
-        )
-
-    return sync(fs.loop, all_of) if paths else []
+    if not paths:
+        return []
+    return sync(fs.loop, _conditional_reads, loc, files, paths, starts, ends, expect, get)
 
 
 def _obstore(fs: Any, bucket: str) -> Any:
@@ -203,33 +228,21 @@ def _obstore_conditional(
     from obstore import get_async
     from obstore.exceptions import PreconditionError
 
-    async def one(file: str, path: str, start: int, end: int, gate: asyncio.Semaphore) -> bytes:
-        bucket, key, _ = loc.fs.split_path(path)
-        planned = expect.get(file)
+    async def get(bucket: str, key: str, start: int, end: int, planned) -> bytes:
         opts: dict[str, Any] = {"range": (start, end)}
         if planned is not None and planned.version_id:
             opts["version"] = planned.version_id
         elif planned is not None and planned.etag:
             opts["if_match"] = planned.etag
-        async with gate:
-            try:
-                resp = await get_async(_obstore(loc.fs, bucket), key, options=opts)
-                data = bytes(await resp.bytes_async())
-            except PreconditionError:
-                raise InputChangedError(
-                    f"{loc.url}/{file}", f"its ETag is no longer {planned.etag}"
-                ) from None
-        if len(data) != end - start:
-            raise OSError(f"{path}: short read of range [{start}, {end}): got {len(data)} bytes")
-        return data
+        try:
+            resp = await get_async(_obstore(loc.fs, bucket), key, options=opts)
+            return bytes(await resp.bytes_async())
+        except PreconditionError:
+            raise _Replaced from None
 
-    async def all_of() -> list[bytes]:
-        gate = asyncio.Semaphore(READ_CONCURRENCY)
-        return await asyncio.gather(
-            *(one(f, p, s, e, gate) for f, p, s, e in zip(files, paths, starts, ends))
-        )
-
-    return asyncio.run(all_of()) if paths else []
+    if not paths:
+        return []
+    return asyncio.run(_conditional_reads(loc, files, paths, starts, ends, expect, get))
 
 
 def _precondition_failed(exc: BaseException) -> bool:

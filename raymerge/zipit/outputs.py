@@ -28,7 +28,7 @@ from raymerge.config import MergeConfig
 from raymerge.io.files import write_small
 from raymerge.io.reader import ModelLayout
 from raymerge.output import SUCCESS
-from raymerge.plan import Piece, Plan, ShardPlan
+from raymerge.plan import Plan, ShardPlan
 from raymerge.results import JobResult
 from raymerge.storage import Location
 
@@ -53,10 +53,6 @@ def checkpoint_plan(plan: Plan, folder: str) -> Plan:
     ]
     dtypes = {n[cut:]: d for n, d in plan.tensor_dtypes.items() if n.startswith(prefix)}
     return replace(plan, shards=shards, jobs=jobs, tensor_dtypes=dtypes, zip_layout=None)
-
-
-def _renamed(piece: Piece, cut: int) -> Piece:
-    return replace(piece, name=piece.name[cut:])
 
 
 def commit_checkpoints(
