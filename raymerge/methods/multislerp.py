@@ -15,8 +15,12 @@ are within ~1 ulp of the closed form above). raymerge computes the closed form: 
 dot products (the Gram matrix of the D_i) are float64 whole-tensor statistics, reduced exactly
 over chunks, and the result is one fixed linear combination of the D_i in the math dtype.
 
+The exponential map of that zero tangent sum still multiplies the mean by cos(eps) (1 for the
+default eps = 1e-8, 0.995 for eps = 0.1), and so does the closed form here.
+
 Differences from mergekit: the closed form instead of the identically-zero tangent step
-(rounding only); statistics in float64 rather than the input dtype; weights whose sum is 0 with
+(rounding only); a zero task vector with ``eps = 0`` counts as a zero unit vector (mergekit
+divides 0 by 0 and writes NaN); statistics in float64 rather than the input dtype; weights whose sum is 0 with
 ``normalize_weights`` are refused when the config is planned (mergekit divides by zero and
 writes inf/NaN); where every D_i is zero (a tensor no model changed) the result is the base
 (mergekit raises its "weighted sum is zero" error for 3 or more models); ``eps`` must be >= 0.
@@ -66,13 +70,15 @@ def coefficients(g: list[list[float]], w: list[float], eps: float) -> list[float
     norms = [math.sqrt(max(g[i][i], 0.0)) for i in range(n)]
     if not any(norms):
         return [0.0] * n  # every model equals the base here (mergekit: error for 3+ models)
-    d = [x + eps for x in norms]
-    m2 = sum(w[i] * w[j] * g[i][j] / (d[i] * d[j]) for i in range(n) for j in range(n))
+    # u_i = D_i / d_i; a zero D_i (possible with eps = 0) is a zero unit vector
+    inv = [1.0 / (x + eps) if x + eps > 0 else 0.0 for x in norms]
+    m2 = sum(w[i] * w[j] * g[i][j] * inv[i] * inv[j] for i in range(n) for j in range(n))
     mean_norm = math.sqrt(max(m2, 0.0))
-    if mean_norm < eps:
+    if mean_norm < eps or mean_norm == 0.0:
         return None
-    scale = sum(wi * ni for wi, ni in zip(w, norms))
-    return [w[i] * scale / (d[i] * mean_norm) for i in range(n)]
+    # mergekit's exponential map of the (zero) tangent sum leaves cos(|0| + eps) on the mean
+    scale = sum(wi * ni for wi, ni in zip(w, norms)) * math.cos(eps)
+    return [w[i] * scale * inv[i] / mean_norm for i in range(n)]
 
 
 def multislerp(

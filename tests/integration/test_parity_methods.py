@@ -86,6 +86,8 @@ CASES: list[tuple[str, int, Any, dict[str, Any], bool]] = [
     ("multislerp", 3, W3, {}, False),
     ("multislerp", 2, W2, {"normalize_weights": False}, True),
     ("multislerp", 1, W2[:1], {}, True),
+    ("multislerp", 3, W3, {"eps": 0.1}, True),  # mergekit's exponential map scales by cos(eps)
+    ("multislerp", 2, W2, {"eps": 0.5}, False),
     ("karcher", 3, None, {}, False),
     ("karcher", 2, None, {"max_iter": 1}, False),
     ("karcher", 4, None, {"max_iter": 50, "tol": 1e-7}, False),

@@ -92,6 +92,9 @@ def test_multislerp_one_model_fallback_and_zero_sum():
     # no model changed the tensor: the base (mergekit raises for 3+ models)
     base = t(1.0, 2.0)
     close(multislerp(base, [base.clone()] * 3, [1.0, 2.0, 3.0]), [1.0, 2.0])
+    # eps = 0 and one model left the tensor unchanged: its zero task vector adds nothing
+    got = multislerp(base, [base.clone(), base + t(0.0, 4.0)], [1.0, 1.0], eps=0.0)
+    close(got, [1.0, 2.0 + 2.0], 1e-6)  # direction of the other, at the mean norm 0.5 * 4
 
 
 # --------------------------------------------------------------------------- karcher
