@@ -98,3 +98,38 @@ def test_tensors_that_are_not_matrices_get_the_mean_task_vector(name, shape):
     got = merge(name, base, xs, **{"lambda": 2.0})
     want = base + 2.0 * sum(x - base for x in xs) / 3
     close(got, want, 1e-5)
+
+
+def _orthonormal_factor(a):
+    """FusionBench's step, written out: U V' of the SVD of the concatenated singular vectors."""
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    return u @ vh
+
+
+def test_tsv_m_and_iso_cts_orthogonalise_overlapping_task_subspaces():
+    """Random tasks sharing directions (their concatenated singular vectors are far from
+    orthonormal), against a literal transcription of FusionBench's TSV-M and Iso-CTS: the
+    decorrelation step must act (without it both results differ by O(1))."""
+    g = torch.Generator().manual_seed(5)
+    shared = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    deltas = [
+        shared @ torch.randn(2, 5, generator=g, dtype=torch.float64)
+        + 0.3 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+        for _ in range(3)
+    ]
+    # TSV-M: each task's top int(5 / 3) = 1 triplet, vectors decorrelated, singular values kept
+    svds = [torch.linalg.svd(d, full_matrices=False) for d in deltas]
+    u = torch.cat([s[0][:, :1] for s in svds], dim=1)
+    sv = torch.cat([s[1][:1] for s in svds])
+    vh = torch.cat([s[2][:1, :] for s in svds], dim=0)
+    u_pad = torch.cat([u, torch.zeros(6, 2, dtype=torch.float64)], dim=1)
+    vh_pad = torch.cat([vh, torch.zeros(2, 5, dtype=torch.float64)], dim=0)
+    want = _orthonormal_factor(u_pad) @ torch.diag(torch.cat([sv, sv.new_zeros(2)]))
+    want = want @ _orthonormal_factor(vh_pad)
+    assert (u.T @ u - torch.eye(3, dtype=torch.float64)).abs().max() > 0.1  # really overlapping
+    close(tsv_delta(deltas), want, 1e-10)
+    # Iso-CTS: the merged matrix is isotropic: every non-zero singular value is the same
+    got = iso_cts_delta(deltas, 0.4)
+    s = torch.linalg.svdvals(got)
+    s = s[s > 1e-9]
+    assert len(s) == 5 and (s.max() - s.min()) / s.max() < 1e-9
