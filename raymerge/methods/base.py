@@ -153,6 +153,11 @@ def total(x: torch.Tensor) -> torch.Tensor:
     return row_sums(x.reshape(1, -1))[0]
 
 
+def task_vectors(base: torch.Tensor | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The inputs' differences from the base (the inputs themselves without one)."""
+    return list(tensors) if base is None else [x - base for x in tensors]
+
+
 def gram_partials(xs: Sequence[torch.Tensor], unit: int) -> torch.Tensor:
     """Per stat unit, the float64 dot products of every pair i <= j of ``xs`` (a ``cat:``
     statistic shaped [units, pairs]; :func:`gram` reduces it)."""

@@ -20,10 +20,11 @@ default eps = 1e-8, 0.995 for eps = 0.1), and so does the closed form here.
 
 Differences from mergekit: the closed form instead of the identically-zero tangent step
 (rounding only); a zero task vector with ``eps = 0`` counts as a zero unit vector (mergekit
-divides 0 by 0 and writes NaN); statistics in float64 rather than the input dtype; weights whose sum is 0 with
-``normalize_weights`` are refused when the config is planned (mergekit divides by zero and
-writes inf/NaN); where every D_i is zero (a tensor no model changed) the result is the base
-(mergekit raises its "weighted sum is zero" error for 3 or more models); ``eps`` must be >= 0.
+divides 0 by 0 and writes NaN); statistics in float64 rather than the input dtype; weights
+whose sum is 0 with ``normalize_weights`` are refused when the config is planned (mergekit
+divides by zero and writes inf/NaN); where every D_i is zero (a tensor no model changed) the
+result is the base (mergekit raises its "weighted sum is zero" error for 3 or more models);
+``eps`` must be >= 0.
 """
 
 from __future__ import annotations
@@ -44,11 +45,8 @@ from raymerge.methods.base import (
     Stats,
     gram,
     gram_partials,
+    task_vectors,
 )
-
-
-def _deltas(base, tensors) -> list:
-    return list(tensors) if base is None else [x - base for x in tensors]
 
 
 def _weights(model_params, params) -> list[float]:
@@ -60,7 +58,7 @@ def _weights(model_params, params) -> list[float]:
 
 
 def _round_gram(info, base, tensors, model_params, params, prev) -> Stats:
-    return {"cat:gram": gram_partials(_deltas(base, tensors), info.unit)}
+    return {"cat:gram": gram_partials(task_vectors(base, tensors), info.unit)}
 
 
 def coefficients(g: list[list[float]], w: list[float], eps: float) -> list[float] | None:
@@ -93,7 +91,7 @@ def multislerp(
     """(base +) the weighted spherical mean of the (task) vectors, at their weighted mean norm."""
     if len(tensors) == 1:
         return tensors[0].clone()
-    deltas = _deltas(base, tensors)
+    deltas = task_vectors(base, tensors)
     w = _weights(model_params, params)
     c = coefficients(gram(stats[0]["cat:gram"], len(w)), w, float(params["eps"]))
     if c is None:

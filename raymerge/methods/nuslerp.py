@@ -45,6 +45,7 @@ from raymerge.methods.base import (
     StatRound,
     Stats,
     row_sums,
+    task_vectors,
     total,
     unit_sums,
 )
@@ -57,11 +58,6 @@ def _t(model_params: Sequence[dict[str, Any]]) -> float:
     w0, w1 = (float(p["weight"]) for p in model_params)
     total = w0 + w1
     return 0.5 if abs(total) < 1e-6 else w1 / total
-
-
-def _vectors(base, tensors):
-    a, b = tensors
-    return (a, b) if base is None else (a - base, b - base)
 
 
 def coefficients(
@@ -87,7 +83,7 @@ def _mode(params: dict[str, Any]) -> str:
 
 
 def _round_norms(info, base, tensors, model_params, params, prev) -> Stats:
-    v0, v1 = _vectors(base, tensors)
+    v0, v1 = task_vectors(base, tensors)
     return {
         "cat:aa": unit_sums(v0 * v0, info.unit),
         "cat:bb": unit_sums(v1 * v1, info.unit),
@@ -119,7 +115,7 @@ def nuslerp(
 ) -> torch.Tensor:
     """(base +) the slerp of the two models' vectors at t = w_B / (w_A + w_B)."""
     t = _t(model_params)
-    v0, v1 = _vectors(base, tensors)
+    v0, v1 = task_vectors(base, tensors)
     mode = _mode(params)
     if mode == "tensor":
         st = stats[0]
