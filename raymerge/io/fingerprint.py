@@ -69,7 +69,9 @@ def from_listing(info: Mapping[str, Any], local_path: str | None = None) -> File
     if local_path is not None:
         st = os.stat(local_path)
         return FileFingerprint(st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
-    etag = info.get("ETag") or info.get("etag")
+    lfs = info.get("lfs") if isinstance(info.get("lfs"), Mapping) else {}
+    # S3: the ETag; Hugging Face Hub: the file's git blob id, or its LFS sha256 (no ETag there)
+    etag = info.get("ETag") or info.get("etag") or lfs.get("sha256") or info.get("blob_id")
     version = info.get("VersionId") or info.get("version_id")
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return FileFingerprint(

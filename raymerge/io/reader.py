@@ -109,6 +109,8 @@ class ModelLayout:
 
 def _listing(loc: Location) -> dict[str, dict[str, Any]]:
     try:
+        loc.fs.invalidate_cache(loc.path)  # fsspec caches listings per filesystem instance:
+        # a second read of this model in one process must see the store's current ETags
         if not loc.fs.exists(loc.path):
             raise InputError(not_found(loc))
         if loc.fs.isfile(loc.path):

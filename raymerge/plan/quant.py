@@ -63,6 +63,17 @@ def detect(
     not quantised. Refuses formats raymerge cannot dequantise, naming the format."""
     qc = (config or {}).get("quantization_config")
     if not qc:
+        scaled = sorted(
+            n for n, src in layout.items()
+            if src.dtype in FP8 and any(n + s in layout for s in SCALE_SUFFIXES)
+        )  # fmt: skip
+        if scaled:  # codes with scales: merging them as plain tensors would average codes
+            raise InputError(
+                f"{ref}: {len(scaled)} fp8 tensors have scale tensors (e.g. {scaled[0]!r} and "
+                f"its scale) but config.json has no quantization_config, so how to dequantise "
+                "them is unknown; add the checkpoint's quantization_config (quant_method fp8, "
+                "weight_block_size) to its config.json"
+            )
         return None
     method = str(qc.get("quant_method", "?")) if isinstance(qc, Mapping) else "?"
     if method != "fp8":
@@ -102,8 +113,9 @@ def _check_shapes(name: str, w: TensorSource, s: TensorSource, block) -> list[st
         if tuple(s.shape) != want:
             return [f"{name}: scale shape {list(s.shape)}, blocks {list(block)} need {list(want)}"]
         return []
-    numel = math.prod(s.shape)
-    if numel != 1 and not (len(w.shape) >= 1 and numel == w.shape[0]):
+    per_tensor = math.prod(s.shape) == 1
+    per_row = len(w.shape) >= 1 and tuple(s.shape) in ((w.shape[0],), (w.shape[0], 1))
+    if not per_tensor and not per_row:  # e.g. [1, cols]: per column, which is not per row
         return [f"{name}: scale shape {list(s.shape)} is neither per-tensor nor per-row"]
     return []
 
