@@ -55,7 +55,8 @@ class KillOnce:
 class RewriteOnce:
     """A job fault hook: the first job to create ``marker`` rewrites the local file ``path`` in
     place (``"same-size"``: its last byte flipped; ``"longer-header"``: the header padded with
-    16 spaces, so every offset moves), as a fine-tune updated mid-run would."""
+    16 spaces, so every offset moves; ``"digit"``: its last digit changed, a valid same-size edit
+    of a JSON file), as a fine-tune updated mid-run would."""
 
     def __init__(self, marker: str, path: str, how: str = "same-size") -> None:
         self.marker, self.path, self.how = marker, path, how
@@ -66,6 +67,9 @@ class RewriteOnce:
         data = bytearray(open(self.path, "rb").read())
         if self.how == "same-size":
             data[-1] ^= 0xFF
+        elif self.how == "digit":  # a same-size, still valid edit of a text file (a JSON value)
+            i = max(k for k, c in enumerate(data) if 48 <= c <= 57)
+            data[i] = 48 + (data[i] - 47) % 10
         else:
             n = int.from_bytes(data[:8], "little")
             data = (

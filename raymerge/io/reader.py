@@ -18,7 +18,12 @@ from typing import Any
 
 from raymerge.errors import InputError
 from raymerge.io.files import read_small
-from raymerge.io.fingerprint import FileFingerprint, InputChangedError, from_listing
+from raymerge.io.fingerprint import (
+    FileFingerprint,
+    InputChangedError,
+    check_same,
+    from_listing,
+)
 from raymerge.io.header import (
     HeaderError,
     ShardHeader,
@@ -88,7 +93,9 @@ class ModelLayout:
         return {**rec, "kind": "lora"} if self.adapter else rec
 
     def read_side(self, names: list[str], max_bytes: int) -> dict[str, bytes]:
-        """The side files ``names`` (those it has), each checked to be the planned size."""
+        """The side files ``names`` (those it has), each checked to be the planned version (a
+        same-size edit of config.json after planning would otherwise sit beside weights
+        planned from the old one)."""
         out = {}
         for name in names:
             if name not in self.side_files:
@@ -103,6 +110,10 @@ class ModelLayout:
             planned = self.files.get(name)
             if planned is not None and planned.size != len(data):
                 raise InputChangedError(loc.url, f"size {planned.size} -> {len(data)}")
+            if planned is not None:
+                loc.fs.invalidate_cache(loc.path)
+                info = loc.fs.info(loc.path)
+                check_same(loc.url, planned, from_listing(info, loc.path if loc.is_local else None))
             out[name] = data
         return out
 

@@ -70,6 +70,21 @@ def test_a_local_input_rewritten_mid_run_fails_before_commit(tmp_path, family, r
     nothing_committed(out)
 
 
+def test_a_side_file_edited_mid_run_at_the_same_size_is_not_committed(
+    tmp_path, family, ray_session
+):
+    """config.json rewritten after planning, same size (as a `rope_theta` edit would be): the
+    commit reads the side files from the planned version only, so no _SUCCESS."""
+    refs = private_family(tmp_path, family)
+    hook = tests.chaos.RewriteOnce(
+        str(tmp_path / "marker"), str(Path(refs[0]) / "config.json"), "digit"
+    )
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"config.json: changed since planning"):
+        run_merge(cfg_of(refs), str(out), small_jobs(), RunHooks(job_fault=hook))
+    assert not (out / "_SUCCESS").exists()
+
+
 @pytest.mark.parametrize("reader", ["s3fs", "obstore"])
 def test_an_s3_object_replaced_mid_run_fails_before_commit(
     tmp_path, family, ray_session, s3, reader
