@@ -127,6 +127,19 @@ class SleepForever:
         time.sleep(3600)
 
 
+class SleepUntil:
+    """A job fault hook: every job hangs until ``marker`` exists (at most ``limit`` s), so a
+    test can release the threads it left blocked."""
+
+    def __init__(self, marker: str, limit: float = 120.0) -> None:
+        self.marker, self.limit = marker, limit
+
+    def __call__(self, job, attempt: int) -> None:
+        end = time.monotonic() + self.limit
+        while not os.path.exists(self.marker) and time.monotonic() < end:
+            time.sleep(0.05)
+
+
 def kill_driver_after(n: int):
     """An ``after_job`` hook: SIGKILL the driver once ``n`` jobs are recorded."""
 

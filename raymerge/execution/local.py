@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from raymerge.execution.schedule import Flow, MergeWork, Work, unpack_job
+from raymerge.execution.schedule import Flow, MergeWork, Work, stalled, unpack_job
 from raymerge.options import ExecOptions
 from raymerge.plan import Job
 from raymerge.results import JobResult
@@ -67,25 +68,33 @@ def execute_local(
     results: dict[int, JobResult] = {}
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one per job thread, as Ray gives a 1-CPU task
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="raymerge-job")
+    hung = False
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="raymerge-job") as pool:
-            pending: dict[Future, Work] = {}
-            while True:
-                while len(pending) < threads and (w := flow.next(not pending)) is not None:
-                    pending[pool.submit(_run, flow, w)] = w
-                if not pending:
-                    break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    work, res = pending.pop(fut), fut.result()
-                    if isinstance(work, MergeWork):
-                        flow.job_done(work.job)
-                        results[work.job.id] = res
-                        if on_done:
-                            on_done(work.job, res)
-                    else:
-                        flow.stats_done(work, res)
+        pending: dict[Future, Work] = {}
+        last = time.monotonic()  # when work last finished (or the run started)
+        while True:
+            while len(pending) < threads and (w := flow.next(not pending)) is not None:
+                pending[pool.submit(_run, flow, w)] = w
+            if not pending:
+                break
+            done, _ = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+            if done:
+                last = time.monotonic()
+            elif opts.stall_timeout and time.monotonic() - last > opts.stall_timeout:
+                hung = True  # a thread is blocked (a read that never returns): do not join it
+                raise stalled(opts.stall_timeout, list(pending.values()), stuck=True)
+            for fut in done:
+                work, res = pending.pop(fut), fut.result()
+                if isinstance(work, MergeWork):
+                    flow.job_done(work.job)
+                    results[work.job.id] = res
+                    if on_done:
+                        on_done(work.job, res)
+                else:
+                    flow.stats_done(work, res)
     finally:
+        pool.shutdown(wait=not hung, cancel_futures=True)
         torch.set_num_threads(torch_threads)
     return results, flow
 

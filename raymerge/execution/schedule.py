@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from raymerge.errors import ClusterError
 from raymerge.methods.base import Stats, combine
 from raymerge.plan import Job, Piece
 from raymerge.results import StatsResult
@@ -292,7 +293,21 @@ class Flow:
                 self._drop(t, p.chunk)
 
 
+def stalled(timeout: float, waiting: Sequence[Work], stuck: bool = False) -> ClusterError:
+    """The error for a run in which no job or statistics task finished for ``timeout`` s."""
+    labels = [w.label() for w in list(waiting)[:3]]
+    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    return ClusterError(
+        f"no job or statistics task finished for {timeout:.0f} s (waiting for "
+        f"{'; '.join(labels)}{more}); nothing was committed. Tasks that never start "
+        "usually ask for resources no node has (`ray status` shows them pending); a "
+        "rerun resumes the finished jobs. Raise --stall-timeout for very slow storage",
+        stuck=stuck,
+    )
+
+
 __all__ = [
+    "stalled",
     "Flow",
     "JobArgs",
     "MergeWork",

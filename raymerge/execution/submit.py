@@ -19,7 +19,7 @@ import ray
 from raymerge.errors import ClusterError
 from raymerge.execution.pool import Pool
 from raymerge.execution.retry import Decision, decide, user_error
-from raymerge.execution.schedule import Flow, MergeWork, StatsWork, Work
+from raymerge.execution.schedule import Flow, MergeWork, StatsWork, Work, stalled
 from raymerge.execution.tasks import REMOTE, TaskKind
 from raymerge.options import ExecOptions
 from raymerge.redaction import redact_text
@@ -87,16 +87,6 @@ class Submitter:
         if self.pool is not None:
             self.pool.close()
 
-    def _stalled(self, pending: dict[Any, tuple[Work, int]]) -> ClusterError:
-        labels = [w.label() for w, _ in list(pending.values())[:3]]
-        more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
-        return ClusterError(
-            f"no job or statistics task finished for {self.stall_timeout:.0f} s (waiting for "
-            f"{'; '.join(labels)}{more}); nothing was committed. Tasks that never start "
-            "usually ask for resources no node has (`ray status` shows them pending); a "
-            "rerun resumes the finished jobs. Raise --stall-timeout for very slow storage"
-        )
-
     def run(self, flow: Flow, on_done: Callable[[Work, Any], None]) -> None:
         """Submit what the flow hands out while fewer than ``limit`` are pending; retry failures
         as :func:`raymerge.execution.retry.decide` says; return when the flow hands out nothing
@@ -117,7 +107,7 @@ class Submitter:
                 if done:
                     last = time.monotonic()
                 elif self.stall_timeout and time.monotonic() - last > self.stall_timeout:
-                    raise self._stalled(pending)
+                    raise stalled(self.stall_timeout, [w for w, _ in pending.values()])
                 for ref in done:
                     work, attempt = pending.pop(ref)
                     try:

@@ -168,6 +168,24 @@ def test_a_job_that_makes_no_progress_stops_the_run(tmp_path, family, ray_sessio
     nothing_committed(tmp_path / "out")
 
 
+def test_a_stalled_in_process_run_stops_too(tmp_path, family):
+    """The in-process executor (no Ray) bounds its wait like the Ray one: a job blocked in a
+    read that never returns stops the run (exit 1, the blocked thread is not joined)."""
+    opts = small_jobs()
+    opts.execution.executor = "local"
+    opts.execution.stall_timeout = 3
+    release = tmp_path / "release"
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ClusterError, match=r"no job or statistics task finished for 3 s") as ei:
+            hook = RunHooks(tests.chaos.SleepUntil(str(release)))
+            run_merge(cfg_of(family), str(tmp_path / "out"), opts, hook)
+        assert ei.value.stuck and time.monotonic() - t0 < 30
+    finally:
+        release.touch()  # let the blocked threads finish
+    nothing_committed(tmp_path / "out")
+
+
 def test_zipit_waits_are_bounded(ray_session):
     """The ZipIt stage's waits (statistics steps, reduces, matchers) stop with one clear error
     when nothing finishes for the stall timeout; matching waits at least twice the slowest
