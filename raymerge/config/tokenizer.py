@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # what a chat_template name may be (mergekit ships these names; raymerge writes its own
-# templates of the same formats: raymerge.chat_templates)
+# templates of the same formats: raymerge.tokenizer.chat.TEMPLATES, which has exactly these keys)
 TEMPLATE_NAMES = ("alpaca", "chatml", "exaone", "llama3", "mistral")
 
 

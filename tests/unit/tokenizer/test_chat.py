@@ -93,3 +93,12 @@ def test_named_templates_render_as_mergekits(name):
     for conv in CONVERSATIONS:
         for gen in (False, True):
             assert out(TEMPLATES[name], conv, gen) == out(theirs, conv, gen), (conv, gen)
+
+
+def test_every_accepted_template_name_has_a_template():
+    """The config accepts exactly the names there are templates for (a name accepted but not
+    known would be written as the bare name into chat_template.jinja)."""
+    from raymerge.config.tokenizer import TEMPLATE_NAMES
+    from raymerge.tokenizer.chat import TEMPLATES
+
+    assert sorted(TEMPLATE_NAMES) == sorted(TEMPLATES)
