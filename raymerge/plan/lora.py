@@ -154,6 +154,7 @@ def adapter_targets(
             f"({sorted(other)[:5]}: modules_to_save or another PEFT feature); raymerge applies "
             "lora_A/lora_B (and lora_embedding_A/B) only"
         )
+    transposed = _conv1d(ref, conf, modules, model)
     targets, replaced = {}, {}
     for module, parts in sorted(modules.items()):
         weight = f"{module}.weight"
@@ -170,12 +171,43 @@ def adapter_targets(
                 )
             replaced[weight] = parts["W"]
         if set(parts) - {"W"}:
-            targets[weight] = _target(ref, input_index, conf, module, parts, model[weight])
+            targets[weight] = _target(
+                ref, input_index, conf, module, parts, model[weight], transposed
+            )
     return Adapter(ref, input_index, targets, replaced)
 
 
-def _target(ref, input_index, conf, module, parts, w: TensorSource) -> LoraTarget:
-    """The update of one module's weight."""
+def _conv1d(ref, conf, modules, model) -> bool:
+    """Are the adapted layers Conv1D-style ([in, out] weights, GPT-2), so ``fan_in_fan_out``
+    holds? PEFT turns the flag off on ``nn.Linear`` layers, so a square weight's layout follows
+    what the adapter's non-square targets show; with none, it cannot be told and is refused."""
+    if not conf.get("fan_in_fan_out"):
+        return False
+    fits = set()
+    for module, parts in modules.items():
+        a, b, w = parts.get("A"), parts.get("B"), model.get(f"{module}.weight")
+        if a is None or b is None or w is None or len(w.shape) != 2 or w.shape[0] == w.shape[1]:
+            continue
+        if len(a.shape) == 2 and len(b.shape) == 2:
+            if tuple(w.shape) == (b.shape[0], a.shape[1]):
+                fits.add("rows")
+            elif tuple(w.shape) == (a.shape[1], b.shape[0]):
+                fits.add("cols")
+    if fits == {"cols"}:
+        return True
+    if fits == {"rows"}:
+        return False  # nn.Linear layers: PEFT ignores fan_in_fan_out
+    raise InputError(
+        f"{ref}: fan_in_fan_out is set but its targets do not show whether the layers are "
+        "Conv1D ([in, out] weights, where the flag holds) or nn.Linear (where PEFT ignores "
+        "it): "
+        + ("they are all square" if not fits else "some fit one layout and some the other")
+        + ". Merge the adapter into its model with PEFT first"
+    )
+
+
+def _target(ref, input_index, conf, module, parts, w: TensorSource, transposed: bool) -> LoraTarget:
+    """The update of one module's weight; ``transposed``: the layers are Conv1D-style."""
     embedding = "eA" in parts or "eB" in parts
     a, b = (parts.get("eA"), parts.get("eB")) if embedding else (parts.get("A"), parts.get("B"))
     if a is None or b is None or len(a.shape) != 2 or len(b.shape) != 2 or len(w.shape) != 2:
@@ -192,7 +224,7 @@ def _target(ref, input_index, conf, module, parts, w: TensorSource) -> LoraTarge
             f"{ref}: {module}: A {list(a.shape)} and B {list(b.shape)} do not fit the weight "
             f"{list(w.shape)} (an adapter of another model?)"
         )
-    if embedding or (cols_fit and (not rows_fit or conf.get("fan_in_fan_out"))):
+    if embedding or (cols_fit and (not rows_fit or transposed)):
         layout = "cols"
     else:
         layout = "rows"

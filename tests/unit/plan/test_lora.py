@@ -44,7 +44,8 @@ def test_targets_scales_and_layouts():
     q, emb, c = ad.targets["q.weight"], ad.targets["emb.weight"], ad.targets["c.weight"]
     assert (q.layout, q.scale, q.shape, q.input) == ("rows", 3.0, (8, 6), 5)  # alpha / r
     assert (emb.layout, emb.shape) == ("cols", (10, 6))  # (B A)^T
-    assert (c.layout, c.scale) == ("cols", 2.0)  # square: fan_in_fan_out decides; alpha_pattern
+    # square: q (8 x 6 fits B A only) shows nn.Linear layers, where PEFT ignores the flag
+    assert (c.layout, c.scale) == ("rows", 2.0)  # and alpha_pattern
     assert ad.replaced == {"emb.weight": ADAPTER[P + "emb.base_layer.weight"]}
     rs = adapter_targets(
         "L", 5, {**conf, "use_rslora": True, "fan_in_fan_out": False}, ADAPTER, MODEL
@@ -126,3 +127,21 @@ def test_a_tied_models_lm_head_gets_its_embeddings_update():
     assert t["lm_head.weight"] is t["model.embed_tokens.weight"] and ads[1].input == 2
     alone = adapter_inputs(["tied+L"], [tied], [files], untie([tied]))  # the output is tied too
     assert "lm_head.weight" not in alone[0].targets
+
+
+def test_fan_in_fan_out_follows_the_layer_kind_the_targets_show():
+    """Conv1D ([in, out] weights: a non-square target fits (B A)^T only): square targets are
+    transposed too; no non-square target: refused, not guessed."""
+    conv = {
+        "q.weight": TensorSource("q.weight", "m.safetensors", "F32", (6, 8), 0, 192),
+        "c.weight": TensorSource("c.weight", "m.safetensors", "F32", (6, 6), 192, 336),
+    }
+    adapter = {k: v for k, v in ADAPTER.items() if ".q." in k or ".c." in k}
+    conf = {"r": 2, "lora_alpha": 2, "fan_in_fan_out": True}
+    ad = adapter_targets("L", 1, conf, adapter, conv)
+    assert ad.targets["q.weight"].layout == ad.targets["c.weight"].layout == "cols"
+    square = {k: v for k, v in adapter.items() if ".c." in k}
+    with pytest.raises(InputError, match=r"fan_in_fan_out is set .* all square"):
+        adapter_targets("L", 1, conf, square, conv)
+    ad = adapter_targets("L", 1, {**conf, "fan_in_fan_out": False}, square, conv)
+    assert ad.targets["c.weight"].layout == "rows"
