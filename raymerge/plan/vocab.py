@@ -79,9 +79,12 @@ def vocab_tensor(
     """
     models = list(dict.fromkeys(i for i, _ in reads))
     tensor_of = {i: n for i, n in reversed(reads)}
-    if vocab.prefer is not None and vocab.prefer not in models:
-        models.append(vocab.prefer)
-        tensor_of[vocab.prefer] = name
+    # the model whose rows are the default: the base; rows by id without a base model: the
+    # first model (the donor), the same one for every vocabulary tensor (slices read others)
+    anchor = vocab.prefer if vocab.prefer is not None else vocab.donor if vocab.identity else None
+    if anchor is not None and anchor not in models:
+        models.append(anchor)
+        tensor_of[anchor] = name
     origins = [origin(i, tensor_of[i]) for i in models]
     shapes = {o.tensor.shape[1:] for o in origins}
     if len(shapes) > 1:
@@ -90,9 +93,8 @@ def vocab_tensor(
             f"({sorted(map(list, shapes))}); only the number of rows may differ"
         )
     real, rows = vocab.size, vocab.rows
-    if vocab.identity:  # no tokenizer on the base: rows align by id; the base's rows
-        ref = models.index(vocab.prefer) if vocab.prefer is not None else 0
-        real = rows = origins[ref].tensor.shape[0]
+    if vocab.identity:  # no tokenizer on the base: rows align by id; the anchor's rows
+        real = rows = origins[models.index(anchor)].tensor.shape[0]
     own = [_own_rows(vocab, i, o.tensor.shape[0], real) for i, o in zip(models, origins)]
     where = lambda r: f"tensor {name!r}, token {vocab.token(r)!r}"  # noqa: E731
     sizes = [o.tensor.shape[0] for o in origins]

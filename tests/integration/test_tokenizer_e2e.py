@@ -20,6 +20,7 @@ vocabularies (union + padding + LoRA on the embeddings) equal unchunked ones byt
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -160,7 +161,18 @@ def _chat_template_auto_tie(out: str, fx: dict[str, str]) -> None:
     assert (Path(out) / "chat_template.jinja").read_text() == TEMPLATE_B.strip()
 
 
+def _slices_rows_by_id(out: str, fx: dict[str, str]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    got, chatml = load_model(out), load_model(fx["CHATML"])
+    assert got[EMBED].shape[0] == got[HEAD].shape[0] == 64
+    assert torch.equal(got[HEAD], chatml[HEAD][:64])  # the last slice's head, first 64 rows
+    assert json.loads((Path(out) / "config.json").read_text())["vocab_size"] == 64
+    AutoModelForCausalLM.from_pretrained(out)  # loads: every vocabulary tensor has 64 rows
+
+
 CHECKS = {
+    "slices_rows_by_id": _slices_rows_by_id,
     "new_token_source_base": _new_token_source_base,
     "chat_template_auto_tie": _chat_template_auto_tie,
 }
