@@ -37,7 +37,8 @@ from raymerge.tokenizer.vocab import AddedToken, Vocab, add_tokens, loads, parse
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # files read on the driver (small): what the vocabulary and the chat template come from
-READ_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "chat_template.jinja")
+SPECIAL_MAP = "special_tokens_map.json"
+READ_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_MAP, "chat_template.jinja")
 
 
 def is_tokenizer_file(name: str) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raymerge.tokenizer.build import (
+    SPECIAL_MAP,
     TOKENIZER_CONFIG,
     TOKENIZER_JSON,
     ModelTokenizer,
@@ -31,8 +32,10 @@ from raymerge.tokenizer.build import (
 )
 from raymerge.tokenizer.vocab import dumps, parse
 
-KEPT_WITH_NEW_VOCAB = ("special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+KEPT_WITH_NEW_VOCAB = ("chat_template.jinja", "chat_template.json")
 _SPECIAL_LISTS = ("additional_special_tokens", "extra_special_tokens")
+_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                   "mask_token")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,10 @@ def side_files(
             copied.update({n: d for n in names[d] if is_tokenizer_file(n)})
         else:
             made[TOKENIZER_JSON] = dumps(vocab.doc)
-            conf = toks[d].json(TOKENIZER_CONFIG)
-            if conf is not None:
-                made[TOKENIZER_CONFIG] = _json(_sync_config(conf, vocab.doc))
+            for name in (TOKENIZER_CONFIG, SPECIAL_MAP):  # both name the special tokens
+                conf = toks[d].json(name)
+                if conf is not None:
+                    made[name] = _json(_sync_config(conf, vocab.doc))
             copied.update({n: d for n in names[d] if n in KEPT_WITH_NEW_VOCAB})
     if template is not None:
         copied.pop("chat_template.json", None)
@@ -96,9 +100,9 @@ def side_files(
 
 
 def _sync_config(conf: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The donor's tokenizer_config.json for the new tokenizer.json: its added-token table (if
-    it has one) lists the new file's added tokens, its special-token lists only tokens that
-    still exist."""
+    """The donor's tokenizer_config.json (or special_tokens_map.json) for the new
+    tokenizer.json: its added-token table (if it has one) lists the new file's added tokens,
+    its special tokens and special-token lists only tokens that still exist."""
     out = dict(conf)
     vocab = parse(doc, TOKENIZER_JSON)
     if isinstance(out.get("added_tokens_decoder"), dict):
@@ -108,6 +112,9 @@ def _sync_config(conf: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]
     for key in _SPECIAL_LISTS:
         if isinstance(out.get(key), list):
             out[key] = [t for t in out[key] if _content(t) in vocab.ids]
+    for key in _SPECIAL_TOKENS:  # a pad token stripped past vocab_size: transformers would
+        if out.get(key) is not None and _content(out[key]) not in vocab.ids:  # re-add it at a
+            out[key] = None  # new id past the embedding rows
     return out
 
 

@@ -116,3 +116,23 @@ def test_side_files_follow_the_vocabulary_and_the_chat_template():
     assert sf.made == {} and sf.copied == {
         "config.json": 0, "generation_config.json": 0, "tokenizer.json": 1
     }  # fmt: skip
+
+
+def test_a_special_token_stripped_past_vocab_size_is_dropped_everywhere():
+    """A pad token added past the model's vocab_size is stripped from tokenizer.json; its
+    name must go from tokenizer_config.json and special_tokens_map.json too, or transformers
+    re-adds it at an id past the embedding rows (an IndexError at the first padded batch)."""
+    conf = {"pad_token": "<u>", "eos_token": "z"}
+    special = {
+        "pad_token": {"content": "<u>"},
+        "eos_token": "z",
+        "additional_special_tokens": ["<u>"],
+    }
+    files = {"special_tokens_map.json": json.dumps(special).encode()}
+    a = tok("a", ["x", "y", "z"], [(3, "<u>")], 3, conf, files=files)
+    sf = side_files([list(a.names)], [a], output_vocabulary(config("base", ("a",)), [a]), None)
+    made_conf = json.loads(sf.made[CFG])
+    made_map = json.loads(sf.made["special_tokens_map.json"])
+    assert made_conf["pad_token"] is None and made_conf["eos_token"] == "z"
+    assert made_map == {"pad_token": None, "eos_token": "z", "additional_special_tokens": []}
+    assert "special_tokens_map.json" not in sf.copied  # never the donor's stale copy
