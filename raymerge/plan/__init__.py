@@ -196,6 +196,7 @@ def _aligned(cfg, vocab, configs, specs, names: set[str], inputs: Inputs) -> Inp
         refs = cfg.input_refs()
         toks = [ModelTokenizer(r, {}, (), config_vocab_size(c)) for r, c in zip(refs, configs)]
         vocab = output_vocabulary(cfg, toks)
+    _refuse_unmarked_rows(cfg, vocab, configs, specs, names, inputs)
     item = _math_item(cfg)
     maps = {
         s.name: vocab_tensor(s.name, s.reads, vocab, inputs.origin, item)
@@ -203,6 +204,25 @@ def _aligned(cfg, vocab, configs, specs, names: set[str], inputs: Inputs) -> Inp
         if s.name in names
     }
     return replace(inputs, vocab=maps)
+
+
+def _refuse_unmarked_rows(cfg, vocab, configs, specs, names: set[str], inputs: Inputs) -> None:
+    """When the vocabulary moves rows, a tensor with one row per token that is not known as a
+    vocabulary tensor (an architecture's own head name) would keep the old rows: refused."""
+    sizes = {n for n in (config_vocab_size(c) for c in configs) if n}
+    if vocab.identity or not sizes:
+        return
+    same = all(r == tuple(range(len(r))) for r in vocab.rows_of) and sizes == {vocab.rows}
+    if same:  # every model's rows stay where they are
+        return
+    odd = [s.name for s in specs if s.name not in names and (inputs.shape(s) or (0,))[0] in sizes]
+    if odd:
+        raise InputError(
+            "the output vocabulary (tokenizer_source / tokenizer:) moves or adds rows, but "
+            f"{odd[:5]} have one row per token and are not tensors raymerge knows as "
+            "vocabulary tensors (embeddings, lm_head, ...), so their rows would not follow; "
+            "merge without a tokenizer setting, or rename them to the standard names"
+        )
 
 
 def _dequantized(refs, configs, layouts) -> tuple[list[dict], list[Quantized | None]]:

@@ -338,3 +338,43 @@ def test_a_non_finite_lora_update_is_refused(fx, tmp_path, ray_session):
     with pytest.raises(InputError, match=r"the LoRA update of tensor .* holds NaN or Inf"):
         run_merge(cfg, str(out), RunOptions(execution=ExecOptions(progress=False)))
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_per_token_tensor_of_an_unknown_name_is_refused_when_rows_move(fx, tmp_path):
+    """pad_to_multiple_of grows the vocabulary rows: a tensor with one row per token under a
+    name raymerge does not know as a vocabulary tensor would keep its old rows (a model that
+    does not load, or rows of other tokens): refused before any data is read."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from raymerge.config import load_config
+    from raymerge.errors import InputError
+    from raymerge.options import ExecOptions, RunOptions
+    from raymerge.pipeline import run_merge
+
+    copies = []
+    for k in (0, 1):
+        dst = tmp_path / f"m{k}"
+        shutil.copytree(fx["BASE"], dst)
+        w = next(dst.glob("*.safetensors"))
+        tensors = load_file(w)
+        tensors["extra_head.weight"] = torch.zeros(64, tensors[EMBED].shape[1])
+        save_file(tensors, str(w), metadata={"format": "pt"})
+        copies.append(str(dst))
+    body = {
+        "merge_method": "linear",
+        "models": [{"model": m, "parameters": {"weight": 1}} for m in copies],
+        "tokenizer": {"source": "base", "pad_to_multiple_of": 128},
+        "base_model": copies[0],
+    }
+    with pytest.raises(InputError, match=r"\['extra_head.weight'\] have one row per token"):
+        run_merge(
+            load_config(body),
+            str(tmp_path / "out"),
+            RunOptions(execution=ExecOptions(progress=False)),
+        )
+    body["tokenizer"] = {"source": "base"}  # rows stay: nothing to refuse
+    run_merge(
+        load_config(body), str(tmp_path / "out2"), RunOptions(execution=ExecOptions(progress=False))
+    )
