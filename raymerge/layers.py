@@ -68,6 +68,23 @@ def find_stacks(names: Iterable[str]) -> dict[str, Stack]:
     }
 
 
+def irregular_lists(names: Iterable[str]) -> list[str]:
+    """Numbered lists that look like layer stacks but are not taken as one, so every tensor in
+    them would sit outside every stack (gradient position 0): indices from 1, or with gaps
+    (pruned layers), reaching 3 or more. Small lists such as ``visual.merger.mlp.{0, 2}`` (an
+    ``nn.Sequential`` with an activation between) are not."""
+    found: dict[str, set[int]] = {}
+    for name in names:
+        m = _NUMBERED.match(name)
+        if m:
+            found.setdefault(m["prefix"], set()).add(int(m["idx"]))
+    return [
+        f"{prefix}.N (indices {sorted(idx)[:4]}...)"
+        for prefix, idx in sorted(found.items())
+        if idx != set(range(len(idx))) and max(idx) >= 3
+    ]
+
+
 def locate(name: str, stacks: dict[str, Stack]) -> Place | None:
     """The stack and layer of tensor ``name``, or None for a tensor outside every stack."""
     m = _NUMBERED.match(name)
@@ -102,4 +119,13 @@ def describe(stacks: dict[str, Stack]) -> str:
     return ", ".join(f"{s.prefix}.N ({s.length} layers)" for s in stacks.values()) or "none"
 
 
-__all__ = ["Place", "Stack", "describe", "find_stacks", "layer_tensors", "locate", "outside_role"]
+__all__ = [
+    "Place",
+    "Stack",
+    "describe",
+    "find_stacks",
+    "irregular_lists",
+    "layer_tensors",
+    "locate",
+    "outside_role",
+]

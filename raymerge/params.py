@@ -49,6 +49,30 @@ def _as_json(value: Any) -> Any:
     raise TypeError(f"parameter value {value!r} is not JSON-serialisable")
 
 
+def uses_gradient(cfg: Any) -> bool:
+    """Does any parameter of the config (global, per model, per slice or source, filtered or
+    not) take a gradient list, whose value depends on the tensor's layer position?"""
+
+    def grad(v: Any) -> bool:
+        if isinstance(v, list):
+            return any(isinstance(x, dict) and grad(x.get("value")) for x in v) or (
+                len(v) > 0 and all(isinstance(x, (int, float)) for x in v)
+            )
+        return False
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            params = node.get("parameters")
+            if isinstance(params, dict) and any(grad(v) for v in params.values()):
+                return True
+            return any(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+
+    return walk(cfg.public_dict())
+
+
 def evaluate(value: Any, tensor_name: str, t: float) -> Any:
     """Evaluate a parameter value for one tensor (mergekit semantics); None if no filter matched."""
     if isinstance(value, (bool, int, float, str)) or value is None:

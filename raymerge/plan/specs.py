@@ -16,7 +16,8 @@ from typing import Any
 from raymerge.config import InputModel, MergeConfig
 from raymerge.errors import InputError
 from raymerge.io.header import FLOAT_DTYPES, TensorSource
-from raymerge.layers import find_stacks, position
+from raymerge.layers import find_stacks, irregular_lists, position
+from raymerge.params import uses_gradient
 from raymerge.plan.vocab import is_vocab_tensor
 from raymerge.zipit.spaces import ZipLayout, ZipTensor, describe
 
@@ -144,6 +145,13 @@ def _models_specs(cfg, refs, layouts, order, configs) -> SpecSet:
     gradient position is its place in its own layer stack (:mod:`raymerge.layers`)."""
     vocab = check_compatible(refs, layouts, aligned=cfg.vocabulary is not None)
     stacks = find_stacks(order)
+    odd = irregular_lists(order) if uses_gradient(cfg) else []
+    if odd:  # their tensors would all get the gradient's first value
+        raise InputError(
+            f"{refs[0]}: a gradient parameter is given, but {', '.join(odd[:3])} is numbered "
+            "like a layer stack without being 0..n-1 (a pruned or 1-based list), so its "
+            "tensors have no layer position; use scalar parameters or filters for them"
+        )
     entries = list(cfg.models)
     if cfg.method.uses_base(cfg.base_model):
         entries = [InputModel(model=cfg.base_model)] + [

@@ -64,3 +64,63 @@ def test_a_layer_lists_its_own_tensors():
     stack = find_stacks(MOE)["model.layers"]
     assert layer_tensors(MOE, stack, 1) == ["mlp.gate_proj.weight"]
     assert len(layer_tensors(MOE, stack, 0)) == 4
+
+
+def test_numbered_lists_that_are_not_stacks_are_named():
+    """A pruned (gaps) or 1-based layer list is no stack, so a gradient would give its tensors
+    position 0; they are named so the planner can refuse a gradient over them."""
+    from raymerge.layers import irregular_lists
+
+    pruned = [f"model.layers.{i}.mlp.weight" for i in (0, 1, 3, 4)]
+    one_based = [f"h.{i}.attn.weight" for i in (1, 2, 3)]
+    small = ["visual.merger.mlp.0.weight", "visual.merger.mlp.2.weight"]
+    fine = [f"model.layers.{i}.mlp.weight" for i in range(4)]
+    got = irregular_lists(pruned + one_based + small)
+    assert sorted(got) == ["h.N (indices [1, 2, 3]...)", "model.layers.N (indices [0, 1, 3, 4]...)"]
+    assert irregular_lists(small + fine) == []
+
+
+def test_a_gradient_is_found_wherever_mergekit_allows_one():
+    from raymerge.config import load_config
+    from raymerge.params import uses_gradient
+
+    def cfg(**params):
+        return load_config(
+            {
+                "merge_method": "slerp",
+                "base_model": "/a",
+                "models": [{"model": "/a"}, {"model": "/b"}],
+                "parameters": params,
+            }  # fmt: skip
+        )
+
+    assert uses_gradient(cfg(t=[0, 0.5, 1]))
+    assert uses_gradient(cfg(t=[{"filter": "mlp", "value": [0, 1]}, {"value": 0.5}]))
+    assert not uses_gradient(cfg(t=0.5))
+    assert not uses_gradient(cfg(t=[{"filter": "mlp", "value": 0.3}, {"value": 0.5}]))
+
+
+def test_a_gradient_over_a_pruned_stack_is_refused_before_any_data(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from raymerge.config import load_config
+    from raymerge.errors import InputError
+    from raymerge.options import RunOptions
+    from raymerge.pipeline import build_plan
+
+    refs = []
+    for k in (0, 1):
+        d = tmp_path / f"m{k}"
+        d.mkdir()
+        w = {f"model.layers.{i}.mlp.weight": torch.full((2, 2), float(k)) for i in (0, 1, 3, 4)}
+        save_file(w, str(d / "model.safetensors"))
+        refs.append(str(d))
+    body = {
+        "merge_method": "linear",
+        "models": [{"model": r, "parameters": {"weight": [0, 1]}} for r in refs],
+    }
+    with pytest.raises(InputError, match=r"gradient parameter is given, but model.layers.N"):
+        build_plan(load_config(body), RunOptions())
+    body["models"] = [{"model": r, "parameters": {"weight": 1}} for r in refs]
+    build_plan(load_config(body), RunOptions())  # scalars: no position needed
